@@ -1,0 +1,314 @@
+"""The LCKD / MetaKD segmentation network (method.md section 2).
+
+One single-channel encoder (a 3-D ResNet with an ASPP head) is shared by the four sequences.
+Absent sequences are fed as zeros; their skip features are used as they come out of the
+encoder, while their bottleneck (the ASPP output) is replaced by the mean of the bottlenecks of
+the sequences that are present. The four bottlenecks are concatenated and decoded by a U-Net
+style decoder whose skips are the four sequences' features concatenated and projected.
+
+The architecture is set by :class:`NetworkConfig`; named presets live in :data:`PRESETS` and the
+chosen configuration travels with the weights in the model card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sequences import REGIONS, SEQUENCES
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Widths and depths of the network; ``paper`` reproduces the published model."""
+
+    stem_channels: int = 64
+    stage_widths: Tuple[int, ...] = (64, 128, 256, 320)
+    stage_blocks: Tuple[int, ...] = (3, 4, 6, 3)
+    expansion: int = 4
+    bottleneck_channels: int = 256
+    decoder_widths: Tuple[int, ...] = (256, 128, 64, 32)
+    aspp_dilations: Tuple[int, ...] = (2, 4, 8)
+
+    def to_dict(self) -> Dict[str, object]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, object]) -> "NetworkConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown network setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in values.items()})
+
+    @property
+    def downsampling(self) -> Tuple[int, int, int]:
+        """Total down-sampling factor along (D, H, W): tiles must be multiples of it."""
+        factor = 2 ** len(self.stage_widths)  # max-pool + stride-2 stages 2..n
+        return (factor, 2 * factor, 2 * factor)
+
+
+PRESETS: Dict[str, NetworkConfig] = {
+    "paper": NetworkConfig(),
+    "small": NetworkConfig(stem_channels=16, stage_widths=(16, 32, 48, 64), stage_blocks=(1, 1, 1, 1),
+                           bottleneck_channels=64, decoder_widths=(64, 48, 32, 16)),
+    "tiny": NetworkConfig(stem_channels=8, stage_widths=(4, 8, 8, 8), stage_blocks=(1, 1, 1, 1),
+                          expansion=2, bottleneck_channels=16, decoder_widths=(16, 8, 8, 8)),
+}
+
+
+def network_config(preset: str) -> NetworkConfig:
+    """The :class:`NetworkConfig` of a named preset."""
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}") from None
+
+
+class WSConv3d(nn.Conv3d):
+    """Conv3d with weight standardisation (zero mean, unit variance per output filter).
+
+    ``freeze_standardisation`` stores the standardised weight once, for inference: the forward
+    result is unchanged and the per-call normalisation cost disappears.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("bias", False)
+        super().__init__(*args, **kwargs)
+        self.standardise = True
+
+    def standardised_weight(self) -> Tensor:
+        weight = self.weight - self.weight.mean(dim=(1, 2, 3, 4), keepdim=True)
+        return weight / torch.sqrt(weight.flatten(1).var(dim=1) + 1e-12).view(-1, 1, 1, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.standardised_weight() if self.standardise else self.weight
+        return F.conv3d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @torch.no_grad()
+    def freeze_standardisation(self) -> None:
+        if self.standardise:
+            self.weight.copy_(self.standardised_weight())
+            self.standardise = False
+
+
+def norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+def act() -> nn.Module:
+    return nn.LeakyReLU(0.01, inplace=True)
+
+
+def conv_norm_act(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(WSConv3d(c_in, c_out, kernel, padding=padding, dilation=dilation), norm(c_out), act())
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 reduce, 3x3 (strided), 1x1 expand, projected shortcut."""
+
+    def __init__(self, c_in: int, width: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = WSConv3d(c_in, width, 1)
+        self.norm1 = norm(width)
+        self.conv2 = WSConv3d(width, width, 3, stride=stride, padding=1)
+        self.norm2 = norm(width)
+        self.conv3 = WSConv3d(width, c_out, 1)
+        self.norm3 = norm(c_out)
+        self.act = act()
+        self.shortcut: Optional[nn.Module] = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(WSConv3d(c_in, c_out, 1, stride=stride), norm(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.norm1(self.conv1(x)))
+        out = self.act(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        residual = x if self.shortcut is None else self.shortcut(x)
+        return self.act(out + residual)
+
+
+class ResidualBlock(nn.Module):
+    """Decoder block: two 3x3 conv-norm layers with an identity shortcut."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = WSConv3d(channels, channels, 3, padding=1)
+        self.norm1 = norm(channels)
+        self.conv2 = WSConv3d(channels, channels, 3, padding=1)
+        self.norm2 = norm(channels)
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.act(out + x)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling to the bottleneck width.
+
+    Fix (method.md section 2): the released code instance-normalises the 1x1x1 global-pool
+    branch, which is constant in old torch and an error in new torch. Here that branch is
+    1x1 conv + LeakyReLU without a norm, so it carries the tile's global context and runs with
+    batch size 1 on unmodified torch.
+    """
+
+    def __init__(self, c_in: int, channels: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        self.reduce = conv_norm_act(c_in, channels, 1)
+        self.branches = nn.ModuleList(
+            [conv_norm_act(channels, channels, 1)] + [conv_norm_act(channels, channels, 3, d) for d in dilations])
+        self.pool_branch = nn.Sequential(WSConv3d(channels, channels, 1), act())
+        self.project = conv_norm_act(channels * (len(dilations) + 2), channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.reduce(x)
+        pooled = self.pool_branch(x.mean(dim=(2, 3, 4), keepdim=True)).expand(-1, -1, *x.shape[2:])
+        return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
+
+
+class Encoder(nn.Module):
+    """Single-channel 3-D ResNet + ASPP. Returns the skip features and the bottleneck."""
+
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        stem = config.stem_channels
+        self.stem = nn.Sequential(WSConv3d(1, stem, 7, stride=(1, 2, 2), padding=3), norm(stem), act())
+        self.pool = nn.MaxPool3d(3, stride=2, padding=1)
+        stages = []
+        c_in = stem
+        for index, (width, blocks) in enumerate(zip(config.stage_widths, config.stage_blocks)):
+            c_out = width * config.expansion
+            stride = 1 if index == 0 else 2
+            layers = [Bottleneck(c_in if i == 0 else c_out, width, c_out, stride if i == 0 else 1)
+                      for i in range(blocks)]
+            stages.append(nn.Sequential(*layers))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.aspp = ASPP(c_in, config.bottleneck_channels, config.aspp_dilations)
+
+    def skip_channels(self, config: NetworkConfig) -> List[int]:
+        """Channels of the skips, shallowest first (stem, stage 1 .. stage n-1)."""
+        return [config.stem_channels] + [w * config.expansion for w in config.stage_widths[:-1]]
+
+    def forward(self, x: Tensor) -> Tuple[List[Tensor], Tensor]:
+        x = self.stem(x)
+        skips = [x]
+        x = self.pool(x)
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips[:-1], self.aspp(skips[-1])
+
+
+class Decoder(nn.Module):
+    """Transposed-conv up-stages with projected multi-sequence skips added, then a residual block."""
+
+    def __init__(self, config: NetworkConfig, skip_channels: Sequence[int], n_sequences: int) -> None:
+        super().__init__()
+        widths = config.decoder_widths
+        if len(widths) != len(skip_channels):
+            raise ValueError("decoder_widths needs one width per encoder skip")
+        c_in = config.bottleneck_channels * n_sequences
+        self.up = nn.ModuleList()
+        self.skip = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for width, skip_c in zip(widths, reversed(list(skip_channels))):
+            self.up.append(nn.ConvTranspose3d(c_in, width, 2, stride=2, bias=False))
+            self.skip.append(conv_norm_act(skip_c * n_sequences, width, 1))
+            self.blocks.append(ResidualBlock(width))
+            c_in = width
+        self.head = nn.Conv3d(c_in, len(REGIONS), 1, bias=False)
+
+    def forward(self, fused: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        x = fused
+        for up, skip, block, feature in zip(self.up, self.skip, self.blocks, reversed(list(skips))):
+            x = block(up(x) + skip(feature))
+        logits = self.head(x)
+        return F.interpolate(logits, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+
+
+@dataclass
+class Encoded:
+    """Per-sequence encoder outputs for a batch: ``skips[level]`` is ``(N, S, C, D, H, W)``."""
+
+    skips: List[Tensor]
+    bottlenecks: Tensor  # (N, S, C, d, h, w), before missing-sequence fill
+    present: Tensor  # (N, S) bool
+    extra: Dict[str, Tensor] = field(default_factory=dict)
+
+
+class LCKDNet(nn.Module):
+    """Shared-encoder network for any subset of the four MRI sequences."""
+
+    def __init__(self, config: NetworkConfig = NetworkConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.n_sequences = len(SEQUENCES)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config, self.encoder.skip_channels(config), self.n_sequences)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+
+    @staticmethod
+    def presence_tensor(present: Sequence[bool] | Tensor, batch: int, device: torch.device) -> Tensor:
+        """Normalise a presence mask to a ``(N, 4)`` bool tensor; every row needs one sequence."""
+        mask = torch.as_tensor(present, dtype=torch.bool, device=device)
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(0).expand(batch, -1)
+        if mask.shape != (batch, len(SEQUENCES)):
+            raise ValueError(f"presence mask must have shape ({batch}, {len(SEQUENCES)}), got {tuple(mask.shape)}")
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every sample needs at least one present sequence")
+        return mask
+
+    def encode(self, images: Tensor, present: Sequence[bool] | Tensor) -> Encoded:
+        """Encode every sequence of ``images`` ``(N, 4, D, H, W)``; absent channels are zeroed."""
+        n, s = images.shape[:2]
+        mask = self.presence_tensor(present, n, images.device)
+        images = images * mask.view(n, s, 1, 1, 1).to(images.dtype)
+        skips, bottleneck = self.encoder(images.reshape(n * s, 1, *images.shape[2:]))
+        return Encoded(skips=[f.reshape(n, s, *f.shape[1:]) for f in skips],
+                       bottlenecks=bottleneck.reshape(n, s, *bottleneck.shape[1:]), present=mask)
+
+    @staticmethod
+    def fill_missing(bottlenecks: Tensor, present: Tensor) -> Tensor:
+        """Replace absent sequences' bottlenecks by the mean of the present ones."""
+        weights = present.to(bottlenecks.dtype).view(*present.shape, 1, 1, 1, 1)
+        mean = (bottlenecks * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+        return torch.where(weights.bool(), bottlenecks, mean)
+
+    def decode(self, encoded: Encoded, bottlenecks: Optional[Tensor] = None) -> Tensor:
+        """Logits ``(N, 3, D, H, W)`` from encoder outputs; ``bottlenecks`` overrides the fill."""
+        if bottlenecks is None:
+            bottlenecks = self.fill_missing(encoded.bottlenecks, encoded.present)
+        fused = bottlenecks.flatten(1, 2)
+        return self.decoder(fused, [f.flatten(1, 2) for f in encoded.skips])
+
+    def forward(self, images: Tensor, present: Sequence[bool] | Tensor = (True, True, True, True)) -> Tensor:
+        return self.decode(self.encode(images, present))
+
+    def freeze_for_inference(self) -> "LCKDNet":
+        """Precompute weight standardisation (same outputs, less work per call) and set eval mode."""
+        for module in self.modules():
+            if isinstance(module, WSConv3d):
+                module.freeze_standardisation()
+        return self.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
