@@ -41,7 +41,7 @@ class NetworkConfig:
                 for key, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Dict[str, object]) -> "NetworkConfig":
+    def from_dict(cls, values: Dict[str, object]) -> NetworkConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(values) - known
         if unknown:
@@ -302,7 +302,7 @@ class LCKDNet(nn.Module):
     def forward(self, images: Tensor, present: Sequence[bool] | Tensor = (True, True, True, True)) -> Tensor:
         return self.decode(self.encode(images, present))
 
-    def freeze_for_inference(self) -> "LCKDNet":
+    def freeze_for_inference(self) -> LCKDNet:
         """Precompute weight standardisation (same outputs, less work per call) and set eval mode."""
         for module in self.modules():
             if isinstance(module, WSConv3d):
