@@ -1,0 +1,178 @@
+"""Model files: one ``.safetensors`` file whose metadata carries a JSON model card.
+
+Loading never unpickles anything: the file must be a safetensors file (an 8-byte header length,
+a JSON header, raw tensor bytes). A pickle or a PyTorch zip checkpoint is refused whatever its
+extension. :func:`read_card` parses only the header, with the standard library, so a program
+without torch (the Slicer GUI) can show the card.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ModelFileError
+from .io import PathLike, atomic_path
+from .sequences import REGIONS, SEQUENCES
+
+FORMAT = "lckd-model"
+FORMAT_VERSION = 1
+CARD_KEY = "lckd_model_card"
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass
+class ModelCard:
+    """What a model is and how it must be used; stored as JSON inside the model file."""
+
+    preset: str
+    network: Dict[str, Any]
+    tile_size: List[int]
+    spacing_mm: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    normalisation: Dict[str, Any] = field(default_factory=dict)
+    method: str = "lckd"
+    teachers: Optional[Dict[str, Any]] = None
+    importance: Optional[Dict[str, float]] = None
+    validation: Optional[Dict[str, Any]] = None
+    training: Dict[str, Any] = field(default_factory=dict)
+    name: str = "unnamed"
+    description: str = ""
+    sequences: List[str] = field(default_factory=lambda: list(SEQUENCES))
+    regions: List[str] = field(default_factory=lambda: list(REGIONS))
+    axis_order: str = "zyx-ras"
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], source: str = "model card") -> ModelCard:
+        if values.get("format") != FORMAT:
+            raise ModelFileError(f"{source}: not an LCKD model card (format {values.get('format')!r})")
+        if int(values.get("format_version", -1)) > FORMAT_VERSION:
+            raise ModelFileError(f"{source}: model format version {values.get('format_version')} is newer than "
+                                 f"this program supports ({FORMAT_VERSION}); update LCKDSegmentation")
+        known = set(cls.__dataclass_fields__)
+        try:
+            card = cls(**{key: value for key, value in values.items() if key in known})
+        except TypeError as error:
+            raise ModelFileError(f"{source}: incomplete model card ({error})") from None
+        if card.sequences != list(SEQUENCES) or card.regions != list(REGIONS):
+            raise ModelFileError(f"{source}: unsupported sequence or region order {card.sequences} / {card.regions}")
+        if len(card.tile_size) != 3 or len(card.spacing_mm) != 3:
+            raise ModelFileError(f"{source}: tile_size and spacing_mm need three values")
+        return card
+
+    def expected_dice(self, subset_key: str) -> Optional[Dict[str, float]]:
+        """The validation Dice per region for a subset key (e.g. ``"flair+t1ce"``), if known."""
+        if not self.validation:
+            return None
+        return self.validation.get("subsets", {}).get(subset_key)
+
+
+def _describe_foreign(head: bytes) -> Optional[str]:
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a PyTorch .pt/.pth checkpoint?)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    return None
+
+
+def _read_header(path: Path) -> Tuple[Dict[str, Any], int]:
+    """Parse and validate the safetensors header; returns (header, data offset)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        foreign = _describe_foreign(head)
+        if foreign:
+            raise ModelFileError(f"{path}: this is {foreign}, not an LCKD model; pickled files are never loaded "
+                                 f"(LCKD models are .safetensors files)")
+        if len(head) < 8:
+            raise ModelFileError(f"{path}: not an LCKD model file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        size = path.stat().st_size
+        if length < 2 or length > min(_MAX_HEADER_BYTES, size - 8):
+            raise ModelFileError(f"{path}: not an LCKD model file (no safetensors header)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: not an LCKD model file (damaged safetensors header)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not an LCKD model file (damaged safetensors header)")
+    data_bytes = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not offsets or offsets[1] > data_bytes:
+            raise ModelFileError(f"{path}: truncated or damaged model file (tensor {name!r} lies past the end)")
+    return header, 8 + length
+
+
+def read_card(path: PathLike) -> ModelCard:
+    """The model card of a model file, without torch and without reading the weights."""
+    path = Path(path)
+    header, _ = _read_header(path)
+    metadata = header.get("__metadata__") or {}
+    if CARD_KEY not in metadata:
+        raise ModelFileError(f"{path}: a safetensors file without an LCKD model card; not an LCKD model")
+    try:
+        values = json.loads(metadata[CARD_KEY])
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{path}: the model card is not valid JSON") from None
+    return ModelCard.from_dict(values, source=str(path))
+
+
+def save_model(path: PathLike, model, card: ModelCard) -> Path:
+    """Write the model's weights and card atomically to ``path`` (``.safetensors``)."""
+    from safetensors.torch import save_file
+
+    from .network import NetworkConfig
+
+    if NetworkConfig.from_dict(card.network) != model.config:
+        raise ModelFileError(f"{path}: the card's network settings differ from the model's")
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={CARD_KEY: card.to_json()})
+    return Path(path)
+
+
+def load_model(path: PathLike, device: str = "cpu"):
+    """Build the network described by the card and load its weights; returns (model, card)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .network import PRESETS, LCKDNet, NetworkConfig
+
+    path = Path(path)
+    card = read_card(path)
+    try:
+        config = NetworkConfig.from_dict(card.network)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: invalid network settings in the model card ({error})") from None
+    if card.preset in PRESETS and PRESETS[card.preset] != config:
+        raise ModelFileError(f"{path}: the card says preset {card.preset!r} but its network settings differ "
+                             f"from that preset")
+    factor = config.downsampling
+    if any(int(t) % f for t, f in zip(card.tile_size, factor)):
+        raise ModelFileError(f"{path}: tile size {card.tile_size} is not a multiple of {list(factor)}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: damaged model file ({error})") from None
+    model = LCKDNet(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:3]
+        wrong = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])[:3]
+        raise ModelFileError(f"{path}: the weights do not match preset {card.preset!r} "
+                             f"(missing {missing or 'none'}, wrong shape {wrong or 'none'})")
+    model.load_state_dict(state)
+    return model.to(device), card
