@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from monai.inferers import sliding_window_inference
 
+from .errors import InputError
 from .network import Encoded, LCKDNet
 
 OVERLAP = 1.0 / 3.0
@@ -27,7 +28,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
+        raise InputError(f"--device {requested}: no CUDA GPU is available here (use --device cpu or auto)")
     return torch.device(requested)
 
 

@@ -1,0 +1,135 @@
+"""The whole inference pipeline for one case: files in, label map on the reference grid out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .geometry import Grid
+from .inference import count_windows, resolve_device, sliding_window_probabilities
+from .io import PathLike, Volume, load_volume, save_nifti
+from .labels import et_label_of, labels_from_regions, region_volumes_ml, relabel_small_enhancing
+from .model_file import ModelCard, load_model
+from .preparation import prepare_case, probabilities_to_reference
+from .preprocess import Normalisation
+from .progress import Reporter
+from .sequences import SEQUENCE_TITLES, SEQUENCES, ordered
+
+
+@dataclass
+class SegmentationResult:
+    """A label map on the reference input's grid, and what was measured on the way."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    reference: str
+    sequences: List[str]
+    volumes_ml: Dict[str, float]
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> Dict[str, object]:
+        return {"reference": self.reference, "sequences": self.sequences,
+                "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
+                "seconds": round(sum(self.seconds.values()), 3),
+                "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def check_distinct_files(files: Mapping[str, PathLike]) -> None:
+    """Refuse one file given for two sequences."""
+    seen: Dict[str, str] = {}
+    for name, path in files.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{path}: the same file is given for {SEQUENCE_TITLES[seen[key]]} and "
+                             f"{SEQUENCE_TITLES[name]}")
+        seen[key] = name
+
+
+class Segmenter:
+    """Loads a model once; segments cases given as files or volumes."""
+
+    def __init__(self, model_path: PathLike, device: str = "auto", precision: str = "fp32",
+                 reuse_absent: bool = True, sw_batch_size: int = 1) -> None:
+        self.device = resolve_device(device)
+        model, card = load_model(model_path, device="cpu")
+        self.model = model.freeze_for_inference().to(self.device)
+        self.card: ModelCard = card
+        self.precision = precision
+        self.reuse_absent = reuse_absent
+        self.sw_batch_size = sw_batch_size
+        self.normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
+
+    def segment_files(self, files: Mapping[str, PathLike], reference: Optional[str] = None,
+                      labels: str = "brats2018", postprocess: bool = False,
+                      reporter: Optional[Reporter] = None) -> SegmentationResult:
+        """Segment a case given as ``{sequence: path}`` (any non-empty subset)."""
+        reporter = reporter or Reporter()
+        if not files:
+            raise InputError("no input sequence given: give at least one of --flair, --t1, --t1ce, --t2")
+        check_distinct_files(files)
+        started = time.perf_counter()
+        reporter.stage("load", "reading " + ", ".join(SEQUENCE_TITLES[s] for s in ordered(list(files))))
+        volumes = {name: load_volume(path) for name, path in files.items()}
+        result = self.segment_volumes(volumes, reference, labels, postprocess, reporter)
+        result.seconds = dict(load=time.perf_counter() - started - sum(result.seconds.values()), **result.seconds)
+        return result
+
+    def segment_volumes(self, volumes: Mapping[str, Volume], reference: Optional[str] = None,
+                        labels: str = "brats2018", postprocess: bool = False,
+                        reporter: Optional[Reporter] = None) -> SegmentationResult:
+        """Segment already-loaded volumes."""
+        reporter = reporter or Reporter()
+        et_label = et_label_of(labels)
+        seconds: Dict[str, float] = {}
+        clock = time.perf_counter()
+        reporter.stage("prepare", "resampling and normalising")
+        prepared = prepare_case(dict(volumes), self.card.spacing_mm, self.normalisation, reference)
+        seconds["prepare"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        present = prepared.present
+        missing = [SEQUENCE_TITLES[s] for s, p in zip(SEQUENCES, present) if not p]
+        reporter.stage("infer", "segmenting" + (f" (missing: {', '.join(missing)})" if missing else ""))
+        reporter.start_tiles(count_windows(prepared.images.shape[1:], self.card.tile_size))
+        images = torch.from_numpy(prepared.images).to(self.device)
+        probabilities = sliding_window_probabilities(
+            self.model, images, present, self.card.tile_size, sw_batch_size=self.sw_batch_size,
+            reuse_absent=self.reuse_absent, precision=self.precision, on_tile=reporter.advance)
+        probabilities = probabilities.cpu().numpy()
+        seconds["infer"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        reporter.stage("finish", "mapping labels onto the reference grid")
+        on_reference = probabilities_to_reference(probabilities, prepared)
+        label_map = labels_from_regions(on_reference, threshold=0.5, et_label=et_label)
+        if postprocess:
+            label_map = relabel_small_enhancing(label_map, et_label=et_label)
+        grid: Grid = prepared.reference_grid
+        seconds["finish"] = time.perf_counter() - clock
+        return SegmentationResult(labels=label_map, affine=grid.affine, reference=prepared.reference,
+                                  sequences=[s for s, p in zip(SEQUENCES, present) if p],
+                                  volumes_ml=region_volumes_ml(label_map, grid.voxel_volume_mm3, et_label),
+                                  seconds=seconds)
+
+    def segment_to_file(self, files: Mapping[str, PathLike], output: PathLike, reporter: Optional[Reporter] = None,
+                        **options) -> SegmentationResult:
+        """Segment and write the label map atomically to ``output`` (uint8 NIfTI)."""
+        reporter = reporter or Reporter()
+        output = Path(output)
+        if output.exists() and output.is_dir():
+            raise InputError(f"{output}: the output path is a folder; give a file name such as tumour.nii.gz")
+        if not (output.name.endswith(".nii.gz") or output.name.endswith(".nii")):
+            raise InputError(f"{output}: the output must be a NIfTI file name ending in .nii.gz or .nii")
+        result = self.segment_files(files, reporter=reporter, **options)
+        clock = time.perf_counter()
+        reporter.stage("write", f"writing {output}")
+        save_nifti(output, result.labels.astype(np.uint8), result.affine)
+        result.seconds["write"] = time.perf_counter() - clock
+        return result
