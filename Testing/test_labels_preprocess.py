@@ -1,0 +1,97 @@
+"""Labels <-> regions, BraTS conventions, post-processing, normalisation and the brain crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lckd.labels import (
+    convert_convention,
+    labels_from_regions,
+    region_volumes_ml,
+    regions_from_labels,
+    relabel_small_enhancing,
+)
+from lckd.preprocess import Normalisation, brain_box, crop, normalise, robust_maximum, uncrop
+from lckd.sequences import all_subsets, presence_mask, subset_key
+
+
+def test_regions_follow_brats_definitions():
+    labels = np.array([0, 1, 2, 4])
+    regions = regions_from_labels(labels)
+    np.testing.assert_array_equal(regions[0], [0, 0, 0, 1])  # ET
+    np.testing.assert_array_equal(regions[1], [0, 1, 1, 1])  # WT
+    np.testing.assert_array_equal(regions[2], [0, 1, 0, 1])  # TC
+    np.testing.assert_array_equal(regions_from_labels(np.array([3, 4]), et_label=3)[0], [1, 0])
+
+
+def test_nested_relabel_inverts_regions_for_both_conventions():
+    labels = np.random.default_rng(0).choice([0, 1, 2, 4], size=(20, 20, 20))
+    np.testing.assert_array_equal(labels_from_regions(regions_from_labels(labels).astype(float)), labels)
+    brats2023 = labels_from_regions(regions_from_labels(labels).astype(float), et_label=3)
+    np.testing.assert_array_equal(brats2023, convert_convention(labels, 4, 3))
+    assert labels_from_regions(np.full((3, 2), 0.5)).tolist() == [0, 0]  # threshold is strict
+
+
+def test_inconsistent_regions_are_nested():
+    # ET without TC or WT still yields ET; TC without WT yields necrosis
+    regions = np.array([[0.9, 0.1], [0.1, 0.1], [0.1, 0.9]])
+    assert labels_from_regions(regions).tolist() == [4, 1]
+
+
+def test_small_enhancing_tumour_becomes_necrosis():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:2, :2, :2] = 4
+    assert (relabel_small_enhancing(labels) == 1).sum() == 8
+    big = np.full((10, 10, 10), 4, np.uint8)
+    assert (relabel_small_enhancing(big) == 4).all()
+
+
+def test_region_volumes_in_millilitres():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:5] = 2
+    labels[:2] = 4
+    volumes = region_volumes_ml(labels, voxel_volume_mm3=8.0)
+    assert volumes == {"ET": 1.6, "WT": 4.0, "TC": 1.6}
+
+
+def test_normalisation_zscores_brain_and_clips_outliers():
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 40, 40), np.float32)
+    image[5:35, 5:35, 5:35] = rng.normal(500, 50, (30, 30, 30))
+    image[20, 20, 20] = 1e6  # a single hot voxel
+    out = normalise(image)
+    brain = image != 0
+    assert abs(out[brain].mean()) < 1e-3 and abs(out[brain].std() - 1) < 1e-3
+    assert (out[~brain] == 0).all()
+    assert out[20, 20, 20] < 50  # clipped to the robust maximum (one 1000-wide bin), not 20 000 sigmas
+    assert robust_maximum(image[brain], 1000, 50) < 1e6
+
+
+def test_normalisation_settings_round_trip():
+    settings = Normalisation(histogram_bins=500)
+    assert Normalisation.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError):
+        Normalisation.from_dict({"name": "minmax"})
+
+
+def test_brain_box_crop_and_uncrop():
+    image = np.zeros((30, 40, 50), np.float32)
+    image[10:20, 5:15, 30:45] = 1
+    box = brain_box([image], margin=2)
+    assert [(s.start, s.stop) for s in box] == [(8, 22), (3, 17), (28, 47)]
+    stacked = np.stack([image, image * 2])
+    restored = uncrop(crop(stacked, box), box, image.shape)
+    np.testing.assert_array_equal(restored, stacked)
+    assert brain_box([np.zeros((3, 4, 5))]) == (slice(0, 3), slice(0, 4), slice(0, 5))
+
+
+def test_subsets_and_keys():
+    subsets = all_subsets()
+    assert len(subsets) == 15 and len(set(subsets)) == 15
+    assert subset_key(["t1ce", "flair"]) == "flair+t1ce"
+    assert presence_mask(["t2"]) == [False, False, False, True]
+    with pytest.raises(ValueError):
+        subset_key([])
+    with pytest.raises(ValueError):
+        presence_mask(["dwi"])
