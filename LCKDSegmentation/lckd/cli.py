@@ -75,9 +75,9 @@ def _single_case_files(args: argparse.Namespace) -> Dict[str, Path]:
     return files
 
 
-def _print_result(output: Path, result, stream=sys.stdout) -> None:
+def _print_result(output: Path, result) -> None:
     volumes = ", ".join(f"{region} {ml:.1f} mL" for region, ml in result.volumes_ml.items())
-    stream.write(f"{output}: {volumes}; {sum(result.seconds.values()):.1f} s "
+    sys.stdout.write(f"{output}: {volumes}; {sum(result.seconds.values()):.1f} s "
                  f"({'+'.join(result.sequences)}, reference {result.reference})\n")
 
 

@@ -35,8 +35,8 @@ class Reporter:
 class JsonReporter(Reporter):
     """Machine-readable progress, one JSON object per line."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream or sys.stdout
         self.total = 0
         self.finished = 0
 
@@ -66,8 +66,8 @@ class JsonReporter(Reporter):
 class BarReporter(Reporter):
     """A tqdm progress bar over the tiles, with the stage as its description (on stderr)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream or sys.stderr
         self.bar: Optional[Any] = None
         self.current = ""
 
