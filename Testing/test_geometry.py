@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import synthetic_head, world_blob, world_coordinates
 from scipy import ndimage
 
+from conftest import synthetic_head, world_blob, world_coordinates
 from lckd.geometry import Grid, resample, working_grid
 from lckd.io import Volume
 from lckd.preparation import prepare_case, probabilities_to_reference

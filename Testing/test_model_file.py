@@ -8,9 +8,9 @@ import struct
 
 import pytest
 import torch
-from conftest import make_tiny_model_file
 from safetensors.torch import save_file
 
+from conftest import make_tiny_model_file
 from lckd.errors import ModelFileError
 from lckd.model_file import CARD_KEY, ModelCard, load_model, read_card, save_model
 from lckd.network import PRESETS, LCKDNet
