@@ -1,0 +1,102 @@
+"""``lckd train`` and ``lckd evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from lckd.errors import LCKDError
+
+from .config import METHODS, PRESETS, build_config, parse_overrides
+
+
+def add_training_commands(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a model with LCKD, MetaKD or the no-KD baseline",
+        description="Train the LCKD network on BraTS-layout cases (2018-2020 HGG/LGG, 2021, 2023, or phantoms). "
+                    "Checkpoints are written atomically; --resume continues a killed run exactly. "
+                    "Multi-GPU / multi-node: start with torchrun --nproc_per_node N -m lckd train ...")
+    train.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of case folders")
+    train.add_argument("--method", choices=METHODS, required=True)
+    train.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                       help="paper (the papers' settings), phantom (the bundled demo model), tiny (tests)")
+    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    train.add_argument("--iterations", type=int, metavar="N", help="total iterations (stage 1 scales with it)")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda (each torchrun process takes its GPU)")
+    train.add_argument("--cache", type=Path, metavar="DIR", help="preprocessing cache (default RUN_DIR/cache)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any training setting, e.g. --set learning_rate=0.005 (repeatable)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="evaluate a model on all 15 subsets of sequences",
+        description="Dice and HD95 (BraTS convention) per region for every non-empty subset of the four "
+                    "sequences; writes evaluation.json, evaluation.md and evaluation.png.")
+    evaluate.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of labelled case folders")
+    evaluate.add_argument("--model", type=Path, required=True, metavar="FILE")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    if not args.data.is_dir():
+        raise LCKDError(f"{args.data}: not a folder")
+    overrides = parse_overrides(args.set)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise LCKDError(f"--iterations {args.iterations}: give a positive number")
+        preset = PRESETS[args.preset]
+        overrides.setdefault("stage1_iterations",
+                             max(1, round(args.iterations * preset.stage1_iterations / preset.iterations)))
+        overrides["iterations"] = args.iterations
+    config = build_config(args.preset, overrides)
+    command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    trainer = Trainer(config, args.method, args.data, args.out, device=args.device, resume=args.resume,
+                      command=command, cache_dir=args.cache, progress=not args.no_progress)
+    path = trainer.run()
+    if trainer.context.is_main:
+        sys.stdout.write(f"model written to {path}\n")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lckd.cases import find_cases
+    from lckd.inference import resolve_device
+    from lckd.model_file import load_model, save_model
+    from lckd.preprocess import Normalisation
+
+    from .data import cache_case, load_cached
+    from .evaluation import evaluate
+    from .trainer import write_evaluation
+
+    device = resolve_device(args.device)
+    model, card = load_model(args.model, device=str(device))
+    normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
+    cases = [c for c in find_cases(args.data) if c.segmentation is not None]
+    if not cases:
+        raise LCKDError(f"{args.data}: no labelled cases (…_seg.nii.gz) to evaluate on")
+    cache = args.out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]
+    with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,
+              file=sys.stderr) as bar:
+        result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1))
+    write_evaluation(result, args.out, title=f"{card.name} on {len(prepared)} cases of {args.data.name}")
+    average = result["average"]
+    sys.stdout.write(f"15-subset average Dice: ET {average['ET']:.3f}, TC {average['TC']:.3f}, "
+                     f"WT {average['WT']:.3f}; written to {args.out}\n")
+    if args.write_card:
+        card.validation = result
+        save_model(args.model, model.cpu(), card)
+    return 0

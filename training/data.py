@@ -1,0 +1,182 @@
+"""Training data: case discovery, the written-down split, the preprocessing cache, patch sampling.
+
+Cases are prepared once with the inference path (:func:`lckd.preparation.prepare_case`: working
+grid, normalisation, brain crop, network axes) and cached as ``.npz`` files, so epochs never re-read
+NIfTI. Every training sample is drawn from a random generator seeded by ``(seed, sample index)``,
+so a run is reproducible, independent of the number of loader workers, and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lckd.cases import CaseFiles, find_cases
+from lckd.errors import InputError
+from lckd.io import atomic_path, load_volume
+from lckd.labels import convert_convention, regions_from_labels
+from lckd.preparation import labels_on_network_grid, prepare_case
+from lckd.preprocess import Normalisation
+
+from .config import TrainConfig
+
+SPLITS = ("train", "election", "meta", "validation")
+
+
+def make_split(cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
+    """A seeded split of case names into train / election / meta / validation, with no overlap."""
+    names = sorted(case.name for case in cases if case.segmentation is not None)
+    if len(names) < 3 * config.min_held_out + 1:
+        raise InputError(f"only {len(names)} labelled case(s) found; training needs at least "
+                         f"{3 * config.min_held_out + 1} (train, election, meta and validation sets)")
+    order = np.random.default_rng(config.seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+
+    def count(fraction: float) -> int:
+        return max(config.min_held_out, int(round(fraction * len(names))))
+
+    sizes = {"validation": count(config.validation_fraction), "election": count(config.election_fraction),
+             "meta": count(config.meta_fraction)}
+    split: Dict[str, List[str]] = {}
+    start = 0
+    for name in ("validation", "election", "meta"):
+        split[name] = sorted(shuffled[start:start + sizes[name]])
+        start += sizes[name]
+    split["train"] = sorted(shuffled[start:])
+    return split
+
+
+def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
+    """The run's split (``split.json``), written once and reused on resume."""
+    path = run_dir / "split.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    split = make_split(cases, config)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(split, indent=2))
+    return split
+
+
+@dataclass
+class CachedCase:
+    """A prepared case: normalised images (4, Z, Y, X) float32 and labels (Z, Y, X) uint8 (ET = 4)."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def cache_case(case: CaseFiles, cache_dir: Path, spacing_mm: float, normalisation: Normalisation) -> Path:
+    """Prepare one case into ``cache_dir/<name>.npz`` unless it is already there."""
+    path = cache_dir / f"{case.name}.npz"
+    if path.is_file():
+        return path
+    if case.segmentation is None:
+        raise InputError(f"{case.folder}: no label map (…_seg.nii.gz) for training")
+    volumes = {name: load_volume(file) for name, file in case.sequences.items()}
+    prepared = prepare_case(volumes, (spacing_mm,) * 3, normalisation)
+    labels = labels_on_network_grid(load_volume(case.segmentation, allow_empty=True), prepared)
+    labels = convert_convention(labels, case.et_label, 4)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, images=prepared.images.astype(np.float32), labels=labels.astype(np.uint8),
+                 present=np.array(prepared.present))
+    return path
+
+
+def load_cached(path: Path) -> CachedCase:
+    with np.load(path) as data:
+        if not data["present"].all():
+            raise InputError(f"{path}: training cases need all four sequences")
+        return CachedCase(name=path.stem, images=data["images"], labels=data["labels"])
+
+
+def prepare_data(data_dir: Path, run_dir: Path, config: TrainConfig, cache_dir: Optional[Path] = None,
+                 normalisation: Optional[Normalisation] = None) -> Tuple[Dict[str, List[str]], Path]:
+    """Discover cases, write the split and fill the cache; returns (split, cache folder)."""
+    normalisation = normalisation or Normalisation()
+    cases = find_cases(data_dir)
+    split = load_or_make_split(run_dir, cases, config)
+    cache = cache_dir or run_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    by_name = {case.name: case for case in cases}
+    missing = [name for names in split.values() for name in names if name not in by_name]
+    if missing:
+        raise InputError(f"{data_dir}: case(s) of the run's split are missing: {', '.join(missing[:5])}")
+    for names in split.values():
+        for name in names:
+            cache_case(by_name[name], cache, config.spacing_mm, normalisation)
+    return split, cache
+
+
+def sample_rng(seed: int, *index: int) -> np.random.Generator:
+    return np.random.default_rng([seed] + [int(i) for i in index])
+
+
+def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator,
+                 foreground_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A tile-sized patch (zero-padded if the case is smaller): centred on a random voxel of a
+    randomly chosen present region with probability ``foreground_fraction``, else anywhere."""
+    shape = np.array(case.labels.shape)
+    tile = np.array(tile)
+    centre = None
+    if rng.random() < foreground_fraction:
+        regions = regions_from_labels(case.labels)
+        available = [r for r in range(len(regions)) if regions[r].any()]
+        if available:
+            voxels = np.argwhere(regions[int(rng.choice(available))])
+            centre = voxels[int(rng.integers(len(voxels)))]
+    if centre is None:
+        centre = np.array([int(rng.integers(n)) for n in shape])
+    start = np.clip(centre - tile // 2, np.minimum(0, shape - tile), np.maximum(shape - tile, 0))
+    images = np.zeros((case.images.shape[0],) + tuple(tile), np.float32)
+    labels = np.zeros(tuple(tile), np.uint8)
+    source = tuple(slice(max(s, 0), min(s + t, n)) for s, t, n in zip(start, tile, shape))
+    target = tuple(slice(a.start - s, a.stop - s) for a, s in zip(source, start))
+    images[(slice(None),) + target] = case.images[(slice(None),) + source]
+    labels[target] = case.labels[source]
+    return images, labels
+
+
+class PatchDataset(Dataset):
+    """Map-style dataset: item ``i`` is the ``i``-th training sample of the run (seeded by ``i``)."""
+
+    def __init__(self, cases: List[CachedCase], config: TrainConfig, augmentation=None, seed_offset: int = 0):
+        self.cases = cases
+        self.config = config
+        self.augmentation = augmentation
+        self.seed_offset = seed_offset
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        rng = sample_rng(self.config.seed, self.seed_offset, index)
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        images, labels = random_patch(case, self.config.tile_size, rng, self.config.foreground_fraction)
+        if self.augmentation is not None:
+            images, labels = self.augmentation(images, labels, int(rng.integers(2 ** 31)))
+        regions = regions_from_labels(labels).astype(np.float32)
+        return {"images": torch.from_numpy(np.ascontiguousarray(images)),
+                "regions": torch.from_numpy(regions)}
+
+
+class IndexSampler(torch.utils.data.Sampler):
+    """Yields sample indices for iterations ``start..end`` of one rank (resumable, worker-independent)."""
+
+    def __init__(self, start_iteration: int, end_iteration: int, batch_size: int, rank: int, world_size: int):
+        self.start, self.end = start_iteration, end_iteration
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def __iter__(self):
+        for iteration in range(self.start, self.end):
+            base = (iteration * self.world_size + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+    def __len__(self) -> int:
+        return (self.end - self.start) * self.batch_size

@@ -1,0 +1,308 @@
+"""The training loop shared by LCKD, MetaKD and the no-KD baseline (method.md sections 3-6).
+
+Stage 1 trains with all four sequences; stage 2 draws a random subset per batch (LCKD and the
+baseline: 1-3 sequences, MetaKD: 1-4). SGD with Nesterov momentum and a poly learning rate.
+Everything random is seeded by (seed, iteration), so a resumed run continues exactly where a
+killed one stopped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+
+from lckd.errors import LCKDError
+from lckd.io import atomic_path
+from lckd.model_file import ModelCard, save_model
+from lckd.network import LCKDNet, network_config
+from lckd.preprocess import Normalisation
+from lckd.sequences import SEQUENCES
+
+from . import distributed
+from .augmentation import Augmentation
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import METHODS, TrainConfig
+from .data import IndexSampler, PatchDataset, load_cached, prepare_data, sample_rng
+from .election import elect_teachers
+from .evaluation import evaluate
+from .losses import lckd_kd, metakd_kd, segmentation_loss
+from .meta import ImportanceWeights
+from .report import heat_map, markdown_table
+
+_SUBSET_STREAM, _META_STREAM = 101, 202
+
+
+class TrainingStep(nn.Module):
+    """What DDP wraps: logits and the raw (pre-fill) bottlenecks for one batch."""
+
+    def __init__(self, net: LCKDNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor):
+        encoded = self.net.encode(images, present)
+        return self.net.decode(encoded), encoded.bottlenecks
+
+
+def poly_learning_rate(config: TrainConfig, iteration: int) -> float:
+    return config.learning_rate * (1.0 - iteration / config.iterations) ** config.poly_power
+
+
+def batch_subset(config: TrainConfig, method: str, iteration: int) -> List[bool]:
+    """All four in stage 1; in stage 2 a random subset (1-3, or 1-4 for MetaKD)."""
+    if iteration < config.stage1_iterations:
+        return [True] * len(SEQUENCES)
+    rng = sample_rng(config.seed, _SUBSET_STREAM, iteration)
+    k = int(rng.integers(1, 5 if method == "metakd" else 4))
+    chosen = set(rng.choice(len(SEQUENCES), size=k, replace=False).tolist())
+    return [i in chosen for i in range(len(SEQUENCES))]
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Trainer:
+    """One training run in ``run_dir`` (config, split, cache, checkpoints, logs, final model)."""
+
+    def __init__(self, config: TrainConfig, method: str, data_dir: Path, run_dir: Path, device: str = "auto",
+                 resume: bool = False, command: str = "", cache_dir: Optional[Path] = None,
+                 progress: bool = True) -> None:
+        if method not in METHODS:
+            raise LCKDError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        self.method, self.data_dir, self.run_dir = method, Path(data_dir), Path(run_dir)
+        self.command, self.progress = command, progress
+        self.context = distributed.setup(device)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = self._settle_config(config, resume)
+        if method == "baseline":
+            self.config = replace(self.config, kd_weight=0.0)
+        self.normalisation = Normalisation()
+        if self.context.is_main:
+            prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation)
+        distributed.barrier(self.context)
+        self.split, cache = prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation)
+        self.cases = {part: [load_cached(cache / f"{name}.npz") for name in names]
+                      for part, names in self.split.items()}
+        torch.manual_seed(self.config.seed)
+        self.net = LCKDNet(network_config(self.config.network)).to(self.context.device)
+        self.optimiser = torch.optim.SGD(self.net.parameters(), lr=self.config.learning_rate,
+                                         momentum=self.config.momentum, nesterov=True, weight_decay=0.0)
+        self.importance = ImportanceWeights(self.config.meta_learning_rate, self.config.meta_weight_decay).to(
+            self.context.device) if method == "metakd" else None
+        self.teachers: Optional[Dict[str, object]] = None
+        self.iteration = 0
+        self.last_meta_iteration = -1
+        self.augmentation = Augmentation(self.config) if self.config.augment else None
+        if resume:
+            self._restore()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _settle_config(self, config: TrainConfig, resume: bool) -> TrainConfig:
+        path = self.run_dir / "config.json"
+        if resume and path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("method") != self.method:
+                raise LCKDError(f"{path}: this run was trained with --method {saved.get('method')}, "
+                                f"not {self.method}")
+            return TrainConfig.from_dict(saved["config"])
+        if not resume and (self.run_dir / "last.pt").exists():
+            raise LCKDError(f"{self.run_dir}: a run already exists here; use --resume to continue it "
+                            f"or choose another --out")
+        if self.context.is_main:
+            with atomic_path(path) as temporary:
+                temporary.write_text(json.dumps({"method": self.method, "config": config.to_dict(),
+                                                 "command": self.command}, indent=2))
+        return config
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.run_dir)
+        if state is None:
+            return
+        self.net.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.iteration = int(state["iteration"])
+        self.teachers = json.loads(state["teachers"]) if state.get("teachers") else None
+        self.last_meta_iteration = int(state.get("last_meta_iteration", -1))
+        if self.importance is not None and "importance" in state:
+            self.importance.logits.data.copy_(state["importance"]["logits"])
+            self.importance.optimiser.load_state_dict(state["importance"]["optimiser"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def _checkpoint(self) -> None:
+        if not self.context.is_main:
+            return
+        state = {"model": self.net.state_dict(), "optimiser": self.optimiser.state_dict(),
+                 "iteration": self.iteration, "method": self.method,
+                 "teachers": json.dumps(self.teachers) if self.teachers else "",
+                 "last_meta_iteration": self.last_meta_iteration, "torch_rng": torch.get_rng_state()}
+        if self.importance is not None:
+            state["importance"] = {"logits": self.importance.logits.detach().cpu(),
+                                   "optimiser": self.importance.optimiser.state_dict()}
+        save_checkpoint(self.run_dir, state)
+
+    # -- the methods' extra steps ---------------------------------------------------------------
+
+    def _elect(self) -> None:
+        teachers = None
+        if self.context.is_main:
+            teachers = elect_teachers(self.net, self.cases["election"], self.config.tile_size,
+                                      self.context.device, self.iteration)
+        self.teachers = distributed.broadcast(teachers, self.context)
+
+    def _meta_step(self) -> float:
+        loss = 0.0
+        if self.context.is_main:
+            dataset = PatchDataset(self.cases["meta"], self.config, self.augmentation, seed_offset=_META_STREAM)
+            base = self.iteration * self.config.meta_steps * self.config.batch_size
+            batches = (default_collate([dataset[base + step * self.config.batch_size + b]
+                                        for b in range(self.config.batch_size)])
+                       for step in range(self.config.meta_steps))
+            loss = self.importance.meta_step(self.net, batches)
+        logits = distributed.broadcast(self.importance.logits.detach().cpu(), self.context)
+        self.importance.logits.data.copy_(logits)
+        self.last_meta_iteration = self.iteration
+        return loss
+
+    def _kd_term(self, bottlenecks: torch.Tensor, present: List[bool]) -> torch.Tensor:
+        if self.method == "lckd":
+            return lckd_kd(bottlenecks, present, self.teachers["set"])
+        if self.method == "metakd":
+            return metakd_kd(bottlenecks, present, self.importance.alpha())
+        return bottlenecks.new_zeros(())
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        config, context = self.config, self.context
+        writer = self._writer()
+        step = TrainingStep(self.net)
+        model = step
+        if context.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                step, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        loader = DataLoader(PatchDataset(self.cases["train"], config, self.augmentation), batch_size=config.batch_size,
+                            sampler=IndexSampler(self.iteration, config.iterations, config.batch_size, context.rank,
+                                                 context.world_size),
+                            num_workers=config.num_workers, persistent_workers=False)
+        use_amp = config.mixed_precision and context.device.type == "cuda"
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"{self.method} training", unit="it",
+                   disable=not (context.is_main and self.progress), mininterval=2.0, file=sys.stderr)
+        self.net.train()
+        for batch in loader:
+            if self.method == "lckd" and (self.teachers is None or (
+                    self.iteration % config.election_every == 0 and self.teachers["iteration"] != self.iteration)):
+                self._elect()
+                if writer:
+                    for region, teacher in self.teachers["per_region"].items():
+                        writer.add_scalar(f"teacher/{region}", SEQUENCES.index(teacher), self.iteration)
+            if self.method == "metakd":
+                period = config.meta_every_stage1 if self.iteration < config.stage1_iterations \
+                    else config.meta_every_stage2
+                if self.iteration % period == 0 and self.last_meta_iteration != self.iteration:
+                    meta_loss = self._meta_step()
+                    if writer:
+                        writer.add_scalar("meta/loss", meta_loss, self.iteration)
+                        for name, alpha in self.importance.as_dict().items():
+                            writer.add_scalar(f"importance/{name}", alpha, self.iteration)
+            learning_rate = poly_learning_rate(config, self.iteration)
+            for group in self.optimiser.param_groups:
+                group["lr"] = learning_rate
+            present = batch_subset(config, self.method, self.iteration)
+            images = batch["images"].to(context.device)
+            regions = batch["regions"].to(context.device)
+            mask = torch.tensor(present, device=context.device)
+            with torch.autocast(device_type=context.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits, bottlenecks = model(images, mask)
+                segmentation = segmentation_loss(logits.float(), regions)
+                kd = self._kd_term(bottlenecks.float(), present) if config.kd_weight > 0 else logits.new_zeros(())
+                loss = segmentation + config.kd_weight * kd
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+            self.iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", kd=f"{kd.item():.3f}", refresh=False)
+            if writer:
+                writer.add_scalar("loss/total", loss.item(), self.iteration)
+                writer.add_scalar("loss/segmentation", segmentation.item(), self.iteration)
+                writer.add_scalar("loss/kd", kd.item(), self.iteration)
+                writer.add_scalar("learning_rate", learning_rate, self.iteration)
+            if self.iteration % config.checkpoint_every == 0 or self.iteration == config.iterations:
+                self._checkpoint()
+            if context.is_main and self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
+                cases = self.cases["validation"][: config.validation_cases or None]
+                result = evaluate(self.net, cases, config.tile_size, config.spacing_mm, context.device)
+                if writer:
+                    for region, value in result["average"].items():
+                        writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
+        bar.close()
+        distributed.barrier(context)
+        path = self._finish(writer) if context.is_main else self.run_dir / "model.safetensors"
+        distributed.barrier(context)
+        distributed.teardown(context)
+        return path
+
+    def _writer(self):
+        if not self.context.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            sys.stderr.write("lckd train: tensorboard is not installed; no TensorBoard logs\n")
+            return None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=self.iteration)
+
+    def _finish(self, writer) -> Path:
+        """Evaluate the 15 subsets on the validation set and export the model with its card."""
+        result = evaluate(self.net, self.cases["validation"], self.config.tile_size, self.config.spacing_mm,
+                          self.context.device)
+        write_evaluation(result, self.run_dir, title=f"{self.method}, {len(self.cases['validation'])} validation cases")
+        if writer:
+            for region, value in result["average"].items():
+                writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
+            writer.close()
+        card = ModelCard(
+            preset=self.config.network, network=self.net.config.to_dict(), tile_size=list(self.config.tile_size),
+            spacing_mm=[self.config.spacing_mm] * 3, normalisation=self.normalisation.to_dict(), method=self.method,
+            teachers=self.teachers if self.method == "lckd" else None,
+            importance=self.importance.as_dict() if self.importance is not None else None,
+            validation=result, name=f"lckd-{self.method}-{self.run_dir.name}",
+            description=f"{self.method} model trained with lckd train on {self.data_dir.name}",
+            training=self._provenance())
+        return save_model(self.run_dir / "model.safetensors", self.net, card)
+
+    def _provenance(self) -> Dict[str, object]:
+        return {"command": self.command, "data": str(self.data_dir.name),
+                "cases": {part: len(names) for part, names in self.split.items()},
+                "iterations": self.iteration, "config": self.config.to_dict(), "seed": self.config.seed,
+                "git_commit": _git_commit(), "torch": torch.__version__, "world_size": self.context.world_size,
+                "device": self.context.device.type,
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def write_evaluation(result: Dict[str, object], out_dir: Path, title: str = "") -> None:
+    """``evaluation.json``, ``evaluation.md`` and ``evaluation.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "evaluation.json") as temporary:
+        temporary.write_text(json.dumps(result, indent=2))
+    with atomic_path(out_dir / "evaluation.md") as temporary:
+        temporary.write_text(markdown_table(result, title))
+    heat_map(result, out_dir / "evaluation.png", title or "Dice per subset")
+
