@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,13 @@ def check_distinct_files(files: Mapping[str, PathLike]) -> None:
         seen[key] = name
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512-BF16 or AMX); torch emulates it otherwise."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 class Segmenter:
     """Loads a model once; segments cases given as files or volumes."""
 
@@ -62,6 +70,9 @@ class Segmenter:
         self.model = model.freeze_for_inference().to(self.device)
         self.card: ModelCard = card
         self.precision = precision
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            logging.getLogger(__name__).warning(
+                "this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 is emulated and much slower than fp32")
         self.reuse_absent = reuse_absent
         self.sw_batch_size = sw_batch_size
         self.normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()

@@ -83,11 +83,11 @@ def native_bf16(device: str) -> bool:
     """bf16 is only worth measuring where the hardware has it (emulated bf16 is many times slower)."""
     import torch
 
+    from lckd.segmenter import cpu_has_native_bf16
+
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return cpu_has_native_bf16()
 
 
 def machine() -> str:
