@@ -80,12 +80,12 @@ def atomic_path(destination: PathLike) -> Iterator[Path]:
     suffix = "".join(destination.suffixes) or ".tmp"
     handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent)
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary_path, 0o666 & ~umask)  # mkstemp made it 0600; give the usual permissions
         os.replace(temporary_path, destination)
     finally:
         if temporary_path.exists():
