@@ -17,10 +17,10 @@ from lckd.cli import default_model
 from lckd.errors import LCKDError
 from lckd.labels import regions_from_labels
 from lckd.segmenter import Segmenter
-from lckd.sequences import REGIONS
 
 OUTPUT = Path("demo_output")
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
+REPORTED = {"ET": 0, "TC": 2, "WT": 1}  # BraTS reporting order -> region channel
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,14 +70,15 @@ def main() -> int:
     case = read_case_folder(case_dir)
     truth = np.asarray(nib.load(str(case.segmentation)).dataobj).astype(np.uint8)
     segmenter = Segmenter(model, device="auto")
-    print(f"model: {model.name} ({segmenter.card.method}, preset {segmenter.card.preset}) on {segmenter.device}")
+    card = segmenter.card
+    print(f"model: {card.name} ({card.method}, preset {card.preset}) on {segmenter.device}")
     predictions = {}
-    print(f"{'sequences':<22}" + "".join(f"{r:>8}" for r in REGIONS) + f"{'seconds':>10}")
+    print(f"{'sequences':<22}" + "".join(f"{r:>8}" for r in REPORTED) + f"{'seconds':>10}")
     for subset in SUBSETS:
         output = OUTPUT / f"segmentation_{'+'.join(subset)}.nii.gz"
         result = segmenter.segment_to_file({s: case.sequences[s] for s in subset}, output)
         truth_regions, found = regions_from_labels(truth), regions_from_labels(result.labels)
-        scores = [dice(found[i], truth_regions[i]) for i in range(len(REGIONS))]
+        scores = [dice(found[i], truth_regions[i]) for i in REPORTED.values()]
         print(f"{'+'.join(subset):<22}" + "".join(f"{s:8.3f}" for s in scores)
               + f"{sum(result.seconds.values()):10.1f}")
         predictions["+".join(subset)] = result.labels
