@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from lckd.errors import LCKDError
 
@@ -106,6 +106,3 @@ def build_config(preset: str, overrides: Dict[str, object]) -> TrainConfig:
         config = replace(config, stage1_iterations=config.iterations)
     return config
 
-
-def held_out_names() -> List[str]:
-    return ["train", "election", "meta", "validation"]

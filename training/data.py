@@ -26,8 +26,6 @@ from lckd.preprocess import Normalisation
 
 from .config import TrainConfig
 
-SPLITS = ("train", "election", "meta", "validation")
-
 
 def make_split(cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
     """A seeded split of case names into train / election / meta / validation, with no overlap."""

@@ -12,7 +12,7 @@ chosen configuration travels with the weights in the model card.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -247,7 +247,6 @@ class Encoded:
     skips: List[Tensor]
     bottlenecks: Tensor  # (N, S, C, d, h, w), before missing-sequence fill
     present: Tensor  # (N, S) bool
-    extra: Dict[str, Tensor] = field(default_factory=dict)
 
 
 class LCKDNet(nn.Module):
