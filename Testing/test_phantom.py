@@ -7,8 +7,11 @@ import pytest
 
 from lckd.cases import find_cases
 from lckd.cli import main
+from lckd.io import load_volume
 from lckd.labels import regions_from_labels
+from lckd.phantom.anatomy import load_anatomy
 from lckd.phantom.generator import make_case, write_cases
+from lckd.phantom.tumour import sample_tumour
 from lckd.preprocess import normalise
 from lckd.sequences import REGIONS, SEQUENCES
 
@@ -45,6 +48,10 @@ def test_shapes_labels_and_background(cases):
             assert case.images[name].shape == case.labels.shape and case.images[name].dtype == np.int16
             assert (case.images[name][case.images["t1"] == 0] == 0).mean() > 0.99  # background exactly 0
         assert np.allclose(np.diag(case.affine)[:3], 2.0)
+        assert case.stacked().shape == (4,) + case.labels.shape
+        centre_x_mm = (case.affine @ np.array(case.centre_voxel + (1,)))[0]
+        assert abs(centre_x_mm) > 8.0  # in one hemisphere, off the midline
+        assert case.labels[case.centre_voxel] in (1, 4)  # the core is around the centre
 
 
 def test_contrast_follows_brats_appearance(cases):
@@ -60,6 +67,8 @@ def test_contrast_follows_brats_appearance(cases):
         if et.sum() > 20:
             assert mean("t1ce", et) > mean("t1ce", healthy) + 1.5  # ET bright on T1ce
             assert mean("t1", et) < mean("t1", healthy) + 0.5  # ... but not on T1
+            gap = {name: abs(mean(name, et) - mean(name, oedema)) for name in SEQUENCES}
+            assert gap["t1ce"] > 2.0 * max(gap["flair"], gap["t1"], gap["t2"])  # only T1ce tells ET from oedema
         assert mean("flair", oedema) > mean("flair", healthy) + 1.0  # oedema bright on FLAIR
         assert mean("t2", oedema) > mean("t2", healthy) + 0.5  # ... and on T2
         if necrosis.sum() > 20:
@@ -83,10 +92,14 @@ def test_t1ce_is_most_informative_for_et_and_tc_flair_for_wt(cases):
 
 
 def test_same_seed_same_bytes_and_prefix_stability(tmp_path):
-    first = write_cases(tmp_path / "a", n_cases=2, seed=5, spacing=2.0)
-    again = write_cases(tmp_path / "b", n_cases=1, seed=5, spacing=2.0)
+    first = write_cases(tmp_path / "a", n_cases=2, seed=5, spacing=2.0, preview=True)
+    again = write_cases(tmp_path / "b", n_cases=1, seed=5, spacing=2.0, preview=True)
+    assert len(list(first[0].iterdir())) == 6  # 4 sequences, labels, preview
     for path in sorted(first[0].iterdir()):
         assert path.read_bytes() == (again[0] / path.name).read_bytes(), path.name
+        if path.name.endswith(".gz"):  # no time stamp or file name in the gzip header
+            header = path.read_bytes()[:10]
+            assert header[4:8] == b"\0\0\0\0" and not header[3] & 0x08, path.name
     other = write_cases(tmp_path / "c", n_cases=1, seed=6, spacing=2.0)
     assert (first[0] / "Phantom_0000_t1.nii.gz").read_bytes() != (other[0] / "Phantom_0000_t1.nii.gz").read_bytes()
 
@@ -97,20 +110,53 @@ def test_every_layout_is_read_by_the_case_loader(tmp_path, layout):
     cases = find_cases(tmp_path)
     assert [c.layout for c in cases] == [layout, layout]
     assert all(set(c.sequences) == set(SEQUENCES) and c.segmentation is not None for c in cases)
-    import nibabel as nib
+    expected = make_case(1, spacing=3.0).labels
+    labels = load_volume(cases[0].segmentation, allow_empty=True).data
+    et = cases[0].et_label
+    assert set(np.unique(labels)) <= {0, 1, 2, et}
+    assert np.array_equal(labels == et, expected == 4) and np.array_equal(labels == 2, expected == 2)
+    volume = load_volume(cases[0].sequences["t1ce"])
+    assert volume.shape == (80, 80, 52) and np.allclose(volume.affine, make_case(1, spacing=3.0).affine)
 
-    labels = np.asarray(nib.load(str(cases[0].segmentation)).dataobj)
-    assert cases[0].et_label in np.unique(labels) or not (labels == 4).any()
-    assert set(np.unique(labels)) <= {0, 1, 2, cases[0].et_label}
+
+@pytest.mark.parametrize("layout", ["brats2021", "brats2023"])
+def test_training_loader_reads_the_layouts(tmp_path, layout):
+    data = pytest.importorskip("training.data")
+    from lckd.preprocess import Normalisation
+
+    folder = write_cases(tmp_path / "cases", n_cases=1, seed=2, layout=layout, spacing=4.0)[0]
+    case = find_cases(folder.parent)[0]
+    cached = data.load_cached(data.cache_case(case, tmp_path / "cache", 4.0, Normalisation()))
+    assert cached.images.shape[0] == 4 and set(np.unique(cached.labels)) <= {0, 1, 2, 4}
+    truth = make_case(2, spacing=4.0).labels
+    assert (cached.labels == 4).sum() == (truth == 4).sum() and (cached.labels == 2).sum() == (truth == 2).sum()
 
 
 def test_preview_and_bad_arguments(tmp_path, capsys):
     assert main(["phantom", str(tmp_path / "p"), "--spacing", "3", "--preview"]) == 0
     preview = next((tmp_path / "p").rglob("*_preview.png"))
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["phantom", str(tmp_path / "q"), "--cases", "0"]) != 0
-    assert "--cases 0" in capsys.readouterr().err
+    for bad in (["--cases", "0"], ["--seed", "-1"], ["--spacing", "0"], ["--spacing", "nan"]):
+        assert main(["phantom", str(tmp_path / "q")] + bad) != 0
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and " ".join(bad) in error, error
     assert not (tmp_path / "q").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["phantom", str(tmp_path / "file"), "--spacing", "4"]) != 0
+    assert "not a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        make_case(-1, spacing=4.0)
+
+
+def test_mass_effect_displaces_tissue_only_when_asked():
+    anatomy = load_anatomy(3.0)
+    still = sample_tumour(anatomy, np.random.default_rng(3), mass_effect=False)
+    moved = sample_tumour(anatomy, np.random.default_rng(3), mass_effect=True)
+    assert np.array_equal(still.tissues["white"], anatomy.white)
+    change = np.abs(moved.tissues["white"] - anatomy.white)
+    assert change.max() > 0.2
+    distance_mm = np.linalg.norm(np.argwhere(change > 0.05) - np.array(moved.centre_voxel), axis=1) * 3.0
+    assert distance_mm.max() < 120.0  # local to the tumour, not a global shift
 
 
 def test_full_size_case_is_on_the_brats_grid():

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ..cases import LAYOUT_ET_LABEL, LAYOUT_SUFFIXES, case_paths
 from ..io import save_nifti
+from ..sequences import SEQUENCES
 from .anatomy import load_anatomy
 from .contrast import render
 from .tumour import ENHANCING, sample_tumour
@@ -23,19 +24,31 @@ LAYOUTS = tuple(LAYOUT_SUFFIXES)
 
 @dataclass
 class PhantomCase:
-    """One synthetic case: int16 images per sequence, uint8 BraTS-2018 labels, RAS affine."""
+    """One synthetic case: int16 images per sequence (keys in channel order flair, t1, t1ce, t2),
+    uint8 labels (BraTS 2018 values 0/1/2/4), the voxel-to-RAS-mm affine, the tumour centre voxel."""
 
     images: Dict[str, np.ndarray]
     labels: np.ndarray
     affine: np.ndarray
-    centre_voxel: tuple
+    centre_voxel: Tuple[int, int, int]
 
     def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL."""
         return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
 
+    def stacked(self) -> np.ndarray:
+        """The four sequences as one ``(4, X, Y, Z)`` array in channel order."""
+        return np.stack([self.images[name] for name in SEQUENCES])
 
-def make_case(seed: int, index: int = 0, spacing: float = 1.0, mass_effect: bool = True) -> PhantomCase:
-    """Generate case ``index`` of ``seed`` on the BraTS field of view at ``spacing`` mm."""
+
+def make_case(seed: int, *, index: int = 0, spacing: float = 1.0, mass_effect: bool = True) -> PhantomCase:
+    """Generate case ``index`` of ``seed`` on the BraTS field of view at ``spacing`` mm.
+
+    The case depends on ``(seed, index, spacing, mass_effect)`` only. ``index`` and the options are
+    keyword-only, so that ``make_case(seed, spacing=2.0)`` cannot be mistaken for another case.
+    """
+    if int(seed) < 0 or int(index) < 0:
+        raise ValueError(f"seed and index must be non-negative integers, got seed={seed}, index={index}")
     rng = np.random.default_rng([int(seed), int(index)])
     anatomy = load_anatomy(float(spacing))
     tumour = sample_tumour(anatomy, rng, mass_effect=mass_effect)
@@ -75,7 +88,7 @@ def write_cases(out_dir: Path, n_cases: int = 1, seed: int = 0, layout: str = "b
 
     folders = []
     for index in tqdm(range(n_cases), desc="phantoms", unit="case", disable=not progress):
-        case = make_case(seed, index, spacing, mass_effect)
+        case = make_case(seed, index=index, spacing=spacing, mass_effect=mass_effect)
         folder = write_case(case, Path(out_dir), case_name(layout, index), layout)
         if preview:
             from .preview import write_preview

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..io import atomic_path
 from ..sequences import SEQUENCE_TITLES, SEQUENCES
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .generator import PhantomCase
 
-def write_preview(case, path: Path) -> Path:
-    """Axial (top row) and coronal (bottom row) slices through the tumour centre."""
+
+def write_preview(case: PhantomCase, path: Path) -> Path:
+    """Axial (top row) and coronal (bottom row) slices through the tumour centre, shown in
+    neurological convention (the patient's right on the image's right, anterior / superior up)."""
     import matplotlib
 
     matplotlib.use("Agg")

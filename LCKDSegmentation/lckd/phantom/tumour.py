@@ -35,11 +35,13 @@ def _depth_mm(spacing: float) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, ...], sigma_voxels: float) -> np.ndarray:
+    """Gaussian-smoothed white noise with unit standard deviation."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_voxels, mode="wrap")
     return field / max(float(field.std()), 1e-6)
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A random orthogonal 3 x 3 matrix."""
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return q * np.sign(np.diag(r))
 
