@@ -20,11 +20,12 @@ def add_training_commands(subparsers) -> None:
                     "Multi-GPU / multi-node: start with torchrun --nproc_per_node N -m lckd train ...")
     train.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of case folders")
     train.add_argument("--method", choices=METHODS, required=True)
-    train.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                       help="paper (the papers' settings), phantom (the bundled demo model), tiny (tests)")
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="paper (the papers' settings; default), phantom (the bundled demo model), tiny (tests)")
     train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
     train.add_argument("--iterations", type=int, metavar="N", help="total iterations (stage 1 scales with it)")
-    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN_DIR from its last checkpoint, with its saved settings")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda (each torchrun process takes its GPU)")
     train.add_argument("--cache", type=Path, metavar="DIR", help="preprocessing cache (default RUN_DIR/cache)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -51,14 +52,17 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise LCKDError(f"{args.data}: not a folder")
     overrides = parse_overrides(args.set)
+    preset = args.preset or "paper"
     if args.iterations is not None:
         if args.iterations < 1:
             raise LCKDError(f"--iterations {args.iterations}: give a positive number")
-        preset = PRESETS[args.preset]
+        defaults = PRESETS[preset]
         overrides.setdefault("stage1_iterations",
-                             max(1, round(args.iterations * preset.stage1_iterations / preset.iterations)))
+                             max(1, round(args.iterations * defaults.stage1_iterations / defaults.iterations)))
         overrides["iterations"] = args.iterations
-    config = build_config(args.preset, overrides)
+    config = build_config(preset, overrides)
+    if args.resume and args.preset is None and not overrides and (args.out / "config.json").is_file():
+        config = None  # resume with the run's saved settings
     command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     trainer = Trainer(config, args.method, args.data, args.out, device=args.device, resume=args.resume,
                       command=command, cache_dir=args.cache, progress=not args.no_progress)
@@ -76,7 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lckd.model_file import load_model, save_model
     from lckd.preprocess import Normalisation
 
-    from .data import cache_case, load_cached
+    from .data import cache_case, cache_folder, load_cached
     from .evaluation import evaluate
     from .trainer import write_evaluation
 
@@ -86,7 +90,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cases = [c for c in find_cases(args.data) if c.segmentation is not None]
     if not cases:
         raise LCKDError(f"{args.data}: no labelled cases (…_seg.nii.gz) to evaluate on")
-    cache = args.out / "cache"
+    cache = cache_folder(args.out / "cache", card.spacing_mm[0], normalisation)
     cache.mkdir(parents=True, exist_ok=True)
     prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]
     with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 from lckd.errors import LCKDError
@@ -16,6 +14,7 @@ METHODS = ("lckd", "metakd", "baseline")
 class TrainConfig:
     """Every setting of a training run (method.md section 6 for the paper's values)."""
 
+    preset: str = "paper"  # the preset the run started from (provenance; set by --preset, not --set)
     network: str = "paper"
     tile_size: Tuple[int, int, int] = (80, 160, 160)
     spacing_mm: float = 1.0
@@ -53,30 +52,25 @@ class TrainConfig:
     def from_dict(cls, values: Dict[str, object]) -> TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-    def save(self, path: Path) -> None:
-        from lckd.io import atomic_path
-
-        with atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(self.to_dict(), indent=2))
-
 
 PRESETS: Dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
+    "paper": TrainConfig(preset="paper"),
     # the bundled demo model: 2 mm phantoms, the `demo` network, a 2-core CPU in minutes
-    "phantom": TrainConfig(network="demo", tile_size=(48, 64, 64), spacing_mm=2.0, stage1_iterations=480,
-                           iterations=800, learning_rate=1e-2, election_every=200, meta_every_stage1=40,
-                           meta_every_stage2=100, meta_steps=5, checkpoint_every=50, validate_every=400,
-                           validation_cases=2, elastic_probability=0.0, num_workers=0, min_held_out=2),
-    "tiny": TrainConfig(network="tiny", tile_size=(32, 64, 64), spacing_mm=3.0, batch_size=2, stage1_iterations=4,
-                        iterations=8, election_every=4, meta_every_stage1=2, meta_every_stage2=4, meta_steps=2,
-                        checkpoint_every=2, validate_every=8, validation_cases=1, elastic_probability=0.0,
-                        num_workers=0, min_held_out=1),
+    "phantom": TrainConfig(preset="phantom", network="demo", tile_size=(48, 64, 64), spacing_mm=2.0,
+                           stage1_iterations=480, iterations=800, learning_rate=1e-2, election_every=200,
+                           meta_every_stage1=40, meta_every_stage2=100, meta_steps=5, checkpoint_every=50,
+                           validate_every=400, validation_cases=2, elastic_probability=0.0, num_workers=0,
+                           min_held_out=2),
+    "tiny": TrainConfig(preset="tiny", network="tiny", tile_size=(32, 64, 64), spacing_mm=3.0, batch_size=2,
+                        stage1_iterations=4, iterations=8, election_every=4, meta_every_stage1=2,
+                        meta_every_stage2=4, meta_steps=2, checkpoint_every=2, validate_every=8,
+                        validation_cases=1, elastic_probability=0.0, num_workers=0, min_held_out=1),
 }
 
 
 def parse_overrides(pairs: Sequence[str]) -> Dict[str, object]:
     """``["lr=0.01", "tile_size=48,64,64"]`` -> typed values (by the field's type)."""
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    types = {f.name: f.type for f in fields(TrainConfig) if f.name != "preset"}
     defaults = TrainConfig()
     values: Dict[str, object] = {}
     for pair in pairs:
@@ -99,10 +93,33 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, object]:
 
 
 def build_config(preset: str, overrides: Dict[str, object]) -> TrainConfig:
+    """A preset with overrides applied, checked (:func:`check_config`)."""
     if preset not in PRESETS:
         raise LCKDError(f"unknown training preset {preset!r}; choose from {', '.join(PRESETS)}")
     config = replace(PRESETS[preset], **overrides)
     if config.stage1_iterations > config.iterations:
         config = replace(config, stage1_iterations=config.iterations)
+    check_config(config)
     return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings the network or the schedule cannot run, with one clear line."""
+    from lckd.network import network_config
+
+    try:
+        factor = network_config(config.network).downsampling
+    except ValueError as error:
+        raise LCKDError(f"network={config.network}: {error}") from None
+    tile = config.tile_size
+    if len(tile) != 3 or any(t < 1 or t % f for t, f in zip(tile, factor)):
+        raise LCKDError(f"tile_size={','.join(map(str, tile))}: needs three sizes, each a multiple of "
+                        f"{','.join(map(str, factor))} (the {config.network} network's down-sampling)")
+    if all(t == f for t, f in zip(tile, factor)):
+        raise LCKDError(f"tile_size={','.join(map(str, tile))}: the bottleneck would be one voxel, which "
+                        f"instance normalisation cannot train on; double one of the sizes")
+    for key in ("iterations", "batch_size", "election_every", "meta_every_stage1", "meta_every_stage2",
+                "checkpoint_every", "validate_every"):
+        if getattr(config, key) < 1:
+            raise LCKDError(f"{key}={getattr(config, key)}: must be at least 1")
 

@@ -1,9 +1,10 @@
 """Training data: case discovery, the written-down split, the preprocessing cache, patch sampling.
 
 Cases are prepared once with the inference path (:func:`lckd.preparation.prepare_case`: working
-grid, normalisation, brain crop, network axes) and cached as ``.npz`` files, so epochs never re-read
-NIfTI. Every training sample is drawn from a random generator seeded by ``(seed, sample index)``,
-so a run is reproducible, independent of the number of loader workers, and resumes exactly.
+grid, normalisation, brain crop, network axes) and cached as ``.npy`` arrays that training reads
+memory-mapped, so epochs never re-read NIfTI and the data set need not fit in memory. Every
+training sample is drawn from a random generator seeded by ``(seed, sample index)``, so a run is
+reproducible, independent of the number of loader workers, and resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lckd.io import atomic_path, load_volume
 from lckd.labels import convert_convention, regions_from_labels
 from lckd.preparation import labels_on_network_grid, prepare_case
 from lckd.preprocess import Normalisation
+from lckd.sequences import REGIONS
 
 from .config import TrainConfig
 
@@ -61,18 +63,46 @@ def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainC
     return split
 
 
+#: Files of a cached case beside ``<name>.npz`` (labels' tumour voxels, presence; written last).
+IMAGES_SUFFIX, LABELS_SUFFIX = ".images.npy", ".labels.npy"
+
+
 @dataclass
 class CachedCase:
-    """A prepared case: normalised images (4, Z, Y, X) float32 and labels (Z, Y, X) uint8 (ET = 4)."""
+    """A prepared case: normalised images ``(4, Z, Y, X)`` float32 and labels ``(Z, Y, X)`` uint8
+    (ET = 4), both memory-mapped read-only, and the flat indices of each region's voxels
+    (ET, WT, TC) for tumour-centred sampling.
 
-    name: str
+    Memory-mapping keeps a BraTS-sized training set (tens of GB of arrays) on disk; pickling a case
+    (for spawned loader workers) reopens the files instead of copying the arrays.
+    """
+
+    path: Path
     images: np.ndarray
     labels: np.ndarray
+    tumour: Tuple[np.ndarray, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def __reduce__(self):
+        return load_cached, (self.path,)
 
 
-def cache_case(case: CaseFiles, cache_dir: Path, spacing_mm: float, normalisation: Normalisation) -> Path:
-    """Prepare one case into ``cache_dir/<name>.npz`` unless it is already there."""
-    path = cache_dir / f"{case.name}.npz"
+def cache_folder(cache_dir: Path, spacing_mm: float, normalisation: Normalisation) -> Path:
+    """The sub-folder of ``cache_dir`` for one preparation setting, so runs at other spacings or
+    normalisations can share ``--cache`` without ever reading each other's arrays."""
+    settings = "-".join(str(v) for v in normalisation.to_dict().values())
+    return Path(cache_dir) / f"spacing{spacing_mm:g}mm-{settings}"
+
+
+def cache_case(case: CaseFiles, folder: Path, spacing_mm: float, normalisation: Normalisation) -> Path:
+    """Prepare one case into ``folder`` (see :func:`cache_folder`) unless it is already there.
+
+    Returns the path of ``<name>.npz``, written last: a case whose ``.npz`` exists is complete.
+    """
+    path = folder / f"{case.name}.npz"
     if path.is_file():
         return path
     if case.segmentation is None:
@@ -80,36 +110,45 @@ def cache_case(case: CaseFiles, cache_dir: Path, spacing_mm: float, normalisatio
     volumes = {name: load_volume(file) for name, file in case.sequences.items()}
     prepared = prepare_case(volumes, (spacing_mm,) * 3, normalisation)
     labels = labels_on_network_grid(load_volume(case.segmentation, allow_empty=True), prepared)
-    labels = convert_convention(labels, case.et_label, 4)
+    labels = convert_convention(labels, case.et_label, 4).astype(np.uint8)
+    tumour = {name: np.flatnonzero(mask).astype(np.int64)
+              for name, mask in zip(REGIONS, regions_from_labels(labels))}
+    for suffix, array in ((IMAGES_SUFFIX, prepared.images.astype(np.float32)), (LABELS_SUFFIX, labels)):
+        with atomic_path(folder / f"{case.name}{suffix}") as temporary, open(temporary, "wb") as handle:
+            np.save(handle, array)
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, images=prepared.images.astype(np.float32), labels=labels.astype(np.uint8),
-                 present=np.array(prepared.present))
+        np.savez(handle, present=np.array(prepared.present), **tumour)
     return path
 
 
 def load_cached(path: Path) -> CachedCase:
+    """Open a cached case (``<name>.npz`` from :func:`cache_case`) with memory-mapped arrays."""
+    path = Path(path)
     with np.load(path) as data:
         if not data["present"].all():
             raise InputError(f"{path}: training cases need all four sequences")
-        return CachedCase(name=path.stem, images=data["images"], labels=data["labels"])
+        tumour = tuple(data[name] for name in REGIONS)
+    stem = path.parent / path.stem
+    return CachedCase(path=path, images=np.load(f"{stem}{IMAGES_SUFFIX}", mmap_mode="r"),
+                      labels=np.load(f"{stem}{LABELS_SUFFIX}", mmap_mode="r"), tumour=tumour)
 
 
 def prepare_data(data_dir: Path, run_dir: Path, config: TrainConfig, cache_dir: Optional[Path] = None,
                  normalisation: Optional[Normalisation] = None) -> Tuple[Dict[str, List[str]], Path]:
-    """Discover cases, write the split and fill the cache; returns (split, cache folder)."""
+    """Discover cases, write the split and fill the cache; returns (split, folder of the cached cases)."""
     normalisation = normalisation or Normalisation()
     cases = find_cases(data_dir)
     split = load_or_make_split(run_dir, cases, config)
-    cache = cache_dir or run_dir / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    folder = cache_folder(cache_dir or run_dir / "cache", config.spacing_mm, normalisation)
+    folder.mkdir(parents=True, exist_ok=True)
     by_name = {case.name: case for case in cases}
     missing = [name for names in split.values() for name in names if name not in by_name]
     if missing:
         raise InputError(f"{data_dir}: case(s) of the run's split are missing: {', '.join(missing[:5])}")
     for names in split.values():
         for name in names:
-            cache_case(by_name[name], cache, config.spacing_mm, normalisation)
-    return split, cache
+            cache_case(by_name[name], folder, config.spacing_mm, normalisation)
+    return split, folder
 
 
 def sample_rng(seed: int, *index: int) -> np.random.Generator:
@@ -124,11 +163,10 @@ def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator
     tile = np.array(tile)
     centre = None
     if rng.random() < foreground_fraction:
-        regions = regions_from_labels(case.labels)
-        available = [r for r in range(len(regions)) if regions[r].any()]
+        available = [voxels for voxels in case.tumour if voxels.size]
         if available:
-            voxels = np.argwhere(regions[int(rng.choice(available))])
-            centre = voxels[int(rng.integers(len(voxels)))]
+            voxels = available[int(rng.integers(len(available)))]
+            centre = np.array(np.unravel_index(int(voxels[int(rng.integers(voxels.size))]), tuple(shape)))
     if centre is None:
         centre = np.array([int(rng.integers(n)) for n in shape])
     start = np.clip(centre - tile // 2, np.minimum(0, shape - tile), np.maximum(shape - tile, 0))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+#: How long a rank may wait for the others. Rank 0 alone runs the teacher election, the meta step,
+#: periodic validation and the final 15-subset evaluation while the other ranks wait at a collective;
+#: on a full BraTS validation set that can pass the 10-minute default and kill the run.
+TIMEOUT = datetime.timedelta(hours=3)
 
 
 @dataclass
@@ -38,7 +44,7 @@ def setup(requested_device: str) -> Context:
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

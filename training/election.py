@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+import numpy as np
 import torch
 
 from lckd.inference import sliding_window_probabilities
@@ -34,7 +35,7 @@ def elect_teachers(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Seque
     model.eval()
     totals = torch.zeros(len(SEQUENCES), len(REGIONS))
     for case in cases:
-        images = torch.from_numpy(case.images).to(device)
+        images = torch.from_numpy(np.array(case.images)).to(device)
         regions = torch.from_numpy(regions_from_labels(case.labels)).to(device).float()
         for index in range(len(SEQUENCES)):
             present = [i == index for i in range(len(SEQUENCES))]

@@ -64,7 +64,7 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
     hd_sum = {subset_key(s): dict.fromkeys(REPORTED_REGIONS, 0.0) for s in subsets}
     spacing = (spacing_mm,) * 3
     for case in cases:
-        images = torch.from_numpy(case.images).to(device)
+        images = torch.from_numpy(np.array(case.images)).to(device)
         truth = regions_from_labels(case.labels)
         for subset in subsets:
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size)

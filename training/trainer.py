@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
+from tqdm import tqdm
 
 from lckd.errors import LCKDError
 from lckd.io import atomic_path
@@ -78,7 +79,7 @@ def _git_commit() -> str:
 class Trainer:
     """One training run in ``run_dir`` (config, split, cache, checkpoints, logs, final model)."""
 
-    def __init__(self, config: TrainConfig, method: str, data_dir: Path, run_dir: Path, device: str = "auto",
+    def __init__(self, config: Optional[TrainConfig], method: str, data_dir: Path, run_dir: Path, device: str = "auto",
                  resume: bool = False, command: str = "", cache_dir: Optional[Path] = None,
                  progress: bool = True) -> None:
         if method not in METHODS:
@@ -87,9 +88,9 @@ class Trainer:
         self.command, self.progress = command, progress
         self.context = distributed.setup(device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None and method == "baseline":
+            config = replace(config, kd_weight=0.0)
         self.config = self._settle_config(config, resume)
-        if method == "baseline":
-            self.config = replace(self.config, kd_weight=0.0)
         self.normalisation = Normalisation()
         if self.context.is_main:
             prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation)
@@ -112,14 +113,24 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _settle_config(self, config: TrainConfig, resume: bool) -> TrainConfig:
+    def _settle_config(self, config: Optional[TrainConfig], resume: bool) -> TrainConfig:
+        """The run's settings: on resume the saved ones (``config``, if given, must agree), else
+        ``config``, written to ``config.json``."""
         path = self.run_dir / "config.json"
         if resume and path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("method") != self.method:
                 raise LCKDError(f"{path}: this run was trained with --method {saved.get('method')}, "
                                 f"not {self.method}")
-            return TrainConfig.from_dict(saved["config"])
+            settings = TrainConfig.from_dict(saved["config"])
+            if config is not None and config != settings:
+                changed = [f"{key} (saved {value}, given {config.to_dict()[key]})"
+                           for key, value in settings.to_dict().items() if config.to_dict()[key] != value]
+                raise LCKDError(f"{path}: --resume continues a run with its saved settings; these differ: "
+                                f"{'; '.join(changed)}")
+            return settings
+        if config is None:
+            raise LCKDError(f"{self.run_dir}: no run to resume here (no config.json)")
         if not resume and (self.run_dir / "last.pt").exists():
             raise LCKDError(f"{self.run_dir}: a run already exists here; use --resume to continue it "
                             f"or choose another --out")
@@ -157,12 +168,19 @@ class Trainer:
 
     # -- the methods' extra steps ---------------------------------------------------------------
 
+    def _log(self, message: str) -> None:
+        """One line on the console (rank 0), beside the progress bar."""
+        if self.context.is_main:
+            tqdm.write(f"[{self.method} {self.iteration}/{self.config.iterations}] {message}", file=sys.stderr)
+
     def _elect(self) -> None:
         teachers = None
         if self.context.is_main:
             teachers = elect_teachers(self.net, self.cases["election"], self.config.tile_size,
                                       self.context.device, self.iteration)
         self.teachers = distributed.broadcast(teachers, self.context)
+        self._log("teachers " + ", ".join(f"{region} {teacher} ({self.teachers['scores'][region][teacher]:.3f})"
+                                          for region, teacher in self.teachers["per_region"].items()))
 
     def _meta_step(self) -> float:
         loss = 0.0
@@ -176,6 +194,8 @@ class Trainer:
         logits = distributed.broadcast(self.importance.logits.detach().cpu(), self.context)
         self.importance.logits.data.copy_(logits)
         self.last_meta_iteration = self.iteration
+        self._log("importance " + ", ".join(f"{name} {alpha:.3f}" for name, alpha in self.importance.as_dict().items())
+                  + f" (meta loss {loss:.3f})")
         return loss
 
     def _kd_term(self, bottlenecks: torch.Tensor, present: List[bool]) -> torch.Tensor:
@@ -200,8 +220,6 @@ class Trainer:
                                                  context.world_size),
                             num_workers=config.num_workers, persistent_workers=False)
         use_amp = config.mixed_precision and context.device.type == "cuda"
-        from tqdm import tqdm
-
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"{self.method} training", unit="it",
                    disable=not (context.is_main and self.progress), mininterval=2.0, file=sys.stderr)
         self.net.train()
@@ -249,6 +267,8 @@ class Trainer:
             if context.is_main and self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
                 cases = self.cases["validation"][: config.validation_cases or None]
                 result = evaluate(self.net, cases, config.tile_size, config.spacing_mm, context.device)
+                self._log("validation Dice (15-subset average) "
+                          + ", ".join(f"{region} {value:.3f}" for region, value in result["average"].items()))
                 if writer:
                     for region, value in result["average"].items():
                         writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
@@ -291,7 +311,8 @@ class Trainer:
     def _provenance(self) -> Dict[str, object]:
         return {"command": self.command, "data": str(self.data_dir.name),
                 "cases": {part: len(names) for part, names in self.split.items()},
-                "iterations": self.iteration, "config": self.config.to_dict(), "seed": self.config.seed,
+                "iterations": self.iteration, "preset": self.config.preset, "config": self.config.to_dict(),
+                "seed": self.config.seed,
                 "git_commit": _git_commit(), "torch": torch.__version__, "world_size": self.context.world_size,
                 "device": self.context.device.type,
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
