@@ -1,10 +1,15 @@
-"""Training end to end (tiny preset, CPU): election, MetaKD, resume after SIGKILL, 2-process DDP,
-a loadable model, and `lckd evaluate`."""
+"""Training end to end (tiny preset, CPU): `lckd train` and the teacher election on data where only
+T1ce shows the tumour, `lckd segment` and `lckd evaluate` with its model, resume after SIGKILL and
+from a mid-run checkpoint, the no-KD baseline, a 2-process gloo DDP run, and the user errors.
+
+One module-scoped run trains the model most tests use; every run shares one preprocessing cache.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +27,9 @@ import torch.multiprocessing as mp
 from lckd.cli import main
 from lckd.model_file import load_model, read_card
 from lckd.sequences import SEQUENCES
+from training import trainer as trainer_module
 from training.config import PRESETS
+from training.data import load_cached
 from training.election import elect_teachers
 from training.trainer import Trainer
 
@@ -30,14 +37,14 @@ pytestmark = pytest.mark.xdist_group("training")
 
 
 def write_t1ce_only_cases(root: Path, n: int, seed: int = 0) -> Path:
-    """Cases where only T1ce shows the tumour (ET core + oedema ring); the others are plain brain."""
+    """Cases (3 mm, one 32x64x64 tile) where only T1ce shows the tumour: an enhancing core and an
+    oedema ring; the other sequences are plain noisy brain."""
     rng = np.random.default_rng(seed)
-    shape, affine = (44, 52, 40), np.diag([3.0, 3.0, 3.0, 1.0])
+    shape, affine = (40, 48, 28), np.diag([3.0, 3.0, 3.0, 1.0])
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).astype(float)
     brain = (((grid - np.array(shape) / 2) / (np.array(shape) / 2.3)) ** 2).sum(-1) < 1
     for index in range(n):
-        centre = np.array(shape) / 2 + rng.uniform(-5, 5, 3)
-        distance = np.linalg.norm(grid - centre, axis=-1)
+        distance = np.linalg.norm(grid - (np.array(shape) / 2 + rng.uniform(-3, 3, 3)), axis=-1)
         labels = np.where(distance < 5.0, 4, np.where(distance < 8.0, 2, 0)).astype(np.uint8) * brain
         folder = root / f"Case_{index:02d}"
         folder.mkdir(parents=True)
@@ -56,104 +63,173 @@ def t1ce_cases(tmp_path_factory) -> Path:
     return write_t1ce_only_cases(tmp_path_factory.mktemp("t1ce"), 6)
 
 
-def tiny(**changes):
-    return replace(PRESETS["tiny"], **changes)
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
 
 
-def test_election_picks_the_sequence_that_carries_the_tumour(t1ce_cases, tmp_path):
-    config = tiny(iterations=40, stage1_iterations=40, election_every=1000, learning_rate=0.02,
-                  foreground_fraction=1.0)
-    trainer = Trainer(config, "lckd", t1ce_cases, tmp_path / "run", device="cpu", progress=False)
-    trainer.run()
-    result = elect_teachers(trainer.net, trainer.cases["election"], config.tile_size, torch.device("cpu"))
+def train_args(data: Path, run: Path, cache: Path, method: str, iterations: int, *extra: str):
+    return ["train", "--data", str(data), "--method", method, "--preset", "tiny", "--out", str(run),
+            "--cache", str(cache), "--device", "cpu", "--no-progress", "--iterations", str(iterations), *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(t1ce_cases, cache, tmp_path_factory) -> Path:
+    """An LCKD run of 30 all-sequence iterations, tumour-centred patches (about 15 s)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(train_args(t1ce_cases, run, cache, "lckd", 30, "--set", "stage1_iterations=30",
+                           "--set", "learning_rate=0.02", "--set", "foreground_fraction=1.0",
+                           "--set", "election_every=1000", "--set", "validate_every=1000")) == 0
+    return run
+
+
+def cached_cases(run: Path, cache: Path, part: str):
+    names = json.loads((run / "split.json").read_text())[part]
+    return [load_cached(next(cache.glob(f"*/{name}.npz"))) for name in names]
+
+
+def test_election_picks_the_sequence_that_carries_the_tumour(trained, cache):
+    model, card = load_model(trained / "model.safetensors")
+    result = elect_teachers(model, cached_cases(trained, cache, "election"), card.tile_size, torch.device("cpu"))
     assert result["per_region"] == {"ET": "t1ce", "WT": "t1ce", "TC": "t1ce"}, result["scores"]
     assert result["set"] == ["t1ce"]
-    card = read_card(tmp_path / "run" / "model.safetensors")
-    assert card.method == "lckd" and set(card.teachers["scores"]) == {"ET", "WT", "TC"}
+    assert card.method == "lckd" and card.teachers["iteration"] == 0
+    assert set(card.teachers["scores"]) == {"ET", "WT", "TC"} and set(card.teachers["per_region"]) == {"ET", "WT", "TC"}
+    assert card.training["iterations"] == 30 and card.training["preset"] == "tiny"
+    assert card.training["command"].startswith("lckd train") or card.training["command"] == ""
     assert len(card.validation["subsets"]) == 15
+    saved = json.loads((trained / "config.json").read_text())
+    assert saved["method"] == "lckd" and saved["config"]["learning_rate"] == 0.02
+    split = json.loads((trained / "split.json").read_text())
+    names = [name for part in split.values() for name in part]
+    assert len(names) == len(set(names)) == 6 and all(split[part] for part in split)
 
 
-def test_metakd_importance_moves_toward_the_informative_sequence(t1ce_cases, tmp_path):
-    config = tiny(iterations=40, stage1_iterations=40, meta_every_stage1=4, meta_steps=3, learning_rate=0.02,
-                  meta_learning_rate=0.05, foreground_fraction=1.0)
-    trainer = Trainer(config, "metakd", t1ce_cases, tmp_path / "run", device="cpu", progress=False)
-    trainer.run()
-    importance = read_card(tmp_path / "run" / "model.safetensors").importance
-    assert max(importance, key=importance.get) == "t1ce", importance
-    assert importance["t1ce"] > 0.25
-
-
-def _train_command(data: Path, run: Path, cache: Path, method: str, *extra: str):
-    return [sys.executable, "-m", "lckd", "train", "--data", str(data), "--method", method, "--preset", "tiny",
-            "--out", str(run), "--cache", str(cache), "--device", "cpu", "--no-progress",
-            "--set", "checkpoint_every=1", "--iterations", "10", *extra]
-
-
-@pytest.mark.parametrize("method", ["lckd", "metakd"])
-def test_resume_after_sigkill_reaches_the_same_weights(t1ce_cases, tmp_path, method):
-    cache = tmp_path / "cache"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(_train_command(t1ce_cases, tmp_path / "straight", cache, method), check=True, env=env,
-                   capture_output=True, timeout=300)
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(t1ce_cases, killed, cache, method), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (killed / "last.pt").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "model.safetensors").exists()
-    state = torch.load(killed / "last.pt", weights_only=True)
-    assert 1 <= state["iteration"] < 10
-    subprocess.run(_train_command(t1ce_cases, killed, cache, method, "--resume"), check=True, env=env,
-                   capture_output=True, timeout=300)
-    straight, _ = load_model(tmp_path / "straight" / "model.safetensors")
-    resumed, card = load_model(killed / "model.safetensors")
-    for name, tensor in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-5, rtol=1e-4)
-    assert card.training["iterations"] == 10
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, data: str, run: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    trainer = Trainer(tiny(iterations=3, stage1_iterations=2), "lckd", Path(data), Path(run), device="cpu",
-                      progress=False)
-    trainer.run()
-    torch.save(trainer.net.state_dict(), Path(out) / f"rank{rank}.pt")
-
-
-def test_two_process_gloo_ddp_keeps_ranks_identical(t1ce_cases, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(t1ce_cases), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for name, tensor in rank0.items():
-        torch.testing.assert_close(rank1[name], tensor)
-    card = read_card(tmp_path / "run" / "model.safetensors")
-    assert card.training["world_size"] == 2
-
-
-def test_trained_model_segments_and_evaluates(t1ce_cases, tmp_path, capsys):
-    assert main(["train", "--data", str(t1ce_cases), "--method", "baseline", "--preset", "tiny", "--out",
-                 str(tmp_path / "run"), "--device", "cpu", "--no-progress", "--iterations", "4"]) == 0
-    model = tmp_path / "run" / "model.safetensors"
-    assert read_card(model).method == "baseline"
+def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
+    model = shutil.copy(trained / "model.safetensors", tmp_path / "model.safetensors")
     case = t1ce_cases / "Case_00"
     assert main(["segment", "--case", str(case), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(model)]) == 0
-    assert main(["evaluate", "--data", str(t1ce_cases), "--model", str(model), "--out", str(tmp_path / "eval"),
+    data = tmp_path / "held_out"
+    data.mkdir()
+    for name in ("Case_00", "Case_01"):
+        (data / name).symlink_to(t1ce_cases / name)
+    assert main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "eval"),
                  "--device", "cpu", "--no-progress", "--write-card"]) == 0
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert list(result["subsets"])[0] == "flair" and list(result["subsets"])[-1] == "flair+t1+t1ce+t2"
     assert len(result["subsets"]) == 15 and set(result["average"]) == {"ET", "TC", "WT"}
+    assert all(0.0 <= d <= 1.0 for scores in result["subsets"].values() for d in scores.values())
+    assert result["subsets"]["t1ce"]["WT"] > result["subsets"]["flair"]["WT"]
+    assert set(result["hd95"]["t1ce"]) == {"ET", "TC", "WT"}
     assert (tmp_path / "eval" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **average** |" in (tmp_path / "eval" / "evaluation.md").read_text()
-    assert read_card(model).validation["cases"] == 6
-    # a second run into the same folder without --resume is refused
-    assert main(["train", "--data", str(t1ce_cases), "--method", "baseline", "--preset", "tiny", "--out",
-                 str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) != 0
+    assert read_card(model).validation == result
+
+
+def _checkpoint_iteration(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["iteration"])
+    except (OSError, RuntimeError, EOFError):
+        return -1
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(trained, t1ce_cases, cache, tmp_path):
+    """LCKD: killed with SIGKILL after a checkpoint past stage 1 and an election, then resumed."""
+    extra = ("--set", "checkpoint_every=1")
+    assert main(train_args(t1ce_cases, tmp_path / "straight", cache, "lckd", 6, *extra)) == 0
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    command = [sys.executable, "-m", "lckd", *train_args(t1ce_cases, killed, cache, "lckd", 6, *extra)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _checkpoint_iteration(killed / "last.pt") < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.safetensors").exists()
+    assert 3 <= _checkpoint_iteration(killed / "last.pt") < 6
+    assert main(train_args(t1ce_cases, killed, cache, "lckd", 6, *extra, "--resume")) == 0
+    straight, straight_card = load_model(tmp_path / "straight" / "model.safetensors")
+    resumed, card = load_model(killed / "model.safetensors")
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-5, rtol=1e-4)
+    assert card.training["iterations"] == 6 and card.teachers == straight_card.teachers
+    assert card.teachers["iteration"] == 4
+
+
+def test_metakd_resumes_from_a_mid_run_checkpoint(t1ce_cases, cache, tmp_path, monkeypatch):
+    """MetaKD: importance logits, their Adam state and the meta schedule survive a restart."""
+    saved = trainer_module.save_checkpoint
+    snapshot = tmp_path / "snapshot"
+
+    def save_and_keep(run_dir: Path, state):
+        path = saved(run_dir, state)
+        if state["iteration"] == 3:  # after a meta step (every 2 iterations in stage 1)
+            shutil.copytree(run_dir, snapshot, ignore=shutil.ignore_patterns("tensorboard"))
+        return path
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_keep)
+    assert main(train_args(t1ce_cases, tmp_path / "straight", cache, "metakd", 6, "--set", "checkpoint_every=1")) == 0
+    monkeypatch.setattr(trainer_module, "save_checkpoint", saved)
+    assert main(train_args(t1ce_cases, snapshot, cache, "metakd", 6, "--set", "checkpoint_every=1", "--resume")) == 0
+    straight, straight_card = load_model(tmp_path / "straight" / "model.safetensors")
+    resumed, card = load_model(snapshot / "model.safetensors")
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-5, rtol=1e-4)
+    assert card.importance == straight_card.importance and card.importance != dict.fromkeys(SEQUENCES, 0.25)
+    assert card.method == "metakd" and card.teachers is None
+
+
+def test_baseline_is_the_same_run_without_kd(t1ce_cases, cache, tmp_path):
+    trainer = Trainer(replace(PRESETS["tiny"], iterations=2, stage1_iterations=1), "baseline", t1ce_cases,
+                      tmp_path / "run", device="cpu", cache_dir=cache, progress=False)
+    assert trainer.config.kd_weight == 0.0
+    trainer.run()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["kd_weight"] == 0.0
+    card = read_card(tmp_path / "run" / "model.safetensors")
+    assert card.method == "baseline" and card.teachers is None and card.importance is None
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, data: str, run: str, cache: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(replace(PRESETS["tiny"], iterations=3, stage1_iterations=2, election_every=2), "lckd",
+                      Path(data), Path(run), device="cpu", cache_dir=Path(cache), progress=False)
+    trainer.run()
+    state = {"model": trainer.net.state_dict(), "teachers": json.dumps(trainer.teachers)}
+    torch.save(state, Path(out) / f"rank{rank}.pt")
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(t1ce_cases, cache, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(t1ce_cases), str(tmp_path / "run"), str(cache), str(tmp_path)), nprocs=2)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for name, tensor in rank0["model"].items():
+        torch.testing.assert_close(rank1["model"][name], tensor)
+    assert rank0["teachers"] == rank1["teachers"] and json.loads(rank0["teachers"])["iteration"] == 2
+    card = read_card(tmp_path / "run" / "model.safetensors")
+    assert card.training["world_size"] == 2
+
+
+def test_user_errors_are_one_line(trained, t1ce_cases, cache, tmp_path, capsys):
+    assert main(train_args(tmp_path / "missing", tmp_path / "a", cache, "lckd", 2)) != 0
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(train_args(tmp_path / "empty", tmp_path / "b", cache, "lckd", 2)) != 0
+    assert "no BraTS case folders" in capsys.readouterr().err
+    assert main(train_args(t1ce_cases, tmp_path / "c", cache, "lckd", 2, "--set", "tile_size=16,32,32")) != 0
+    assert "bottleneck would be one voxel" in capsys.readouterr().err
+    # a finished run is not overwritten, and --resume keeps the run's saved settings
+    assert main(train_args(t1ce_cases, trained, cache, "lckd", 30)) != 0
     assert "--resume" in capsys.readouterr().err
+    assert main(train_args(t1ce_cases, trained, cache, "lckd", 40, "--resume")) != 0
+    assert "iterations (saved 30, given 40)" in capsys.readouterr().err
+    assert main(train_args(t1ce_cases, trained, cache, "metakd", 30, "--resume")) != 0
+    assert "--method lckd" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path / "empty"), "--model", str(trained / "model.safetensors"),
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) != 0
+    assert capsys.readouterr().err.count("\n") == 1

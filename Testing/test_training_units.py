@@ -1,17 +1,37 @@
-"""Training building blocks: losses against hand computations, KD terms, split, augmentation, HD95."""
+"""Training building blocks: losses against hand computations, KD terms, split, cache, sampling,
+augmentation, the MetaKD meta step, settings, HD95."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from lckd.cases import CaseFiles
+from lckd.cases import CaseFiles, read_case_folder
+from lckd.labels import regions_from_labels
+from lckd.network import PRESETS as NETWORKS
+from lckd.network import Encoded, LCKDNet
+from lckd.preprocess import Normalisation
+from lckd.sequences import SEQUENCES
 from training.augmentation import Augmentation
 from training.config import PRESETS, TrainConfig, build_config, parse_overrides
-from training.data import CachedCase, IndexSampler, PatchDataset, make_split, random_patch
+from training.data import (
+    CachedCase,
+    IndexSampler,
+    PatchDataset,
+    cache_case,
+    cache_folder,
+    load_cached,
+    make_split,
+    random_patch,
+)
 from training.evaluation import EMPTY_HD95, dice, hd95
 from training.losses import lckd_kd, metakd_kd, segmentation_loss
+from training.meta import ImportanceWeights
 from training.trainer import batch_subset, poly_learning_rate
 
 pytestmark = pytest.mark.xdist_group("training")
@@ -69,10 +89,42 @@ def test_split_is_seeded_disjoint_and_complete():
         make_split(_case_files(3), config)
 
 
+def in_memory_case(images: np.ndarray, labels: np.ndarray) -> CachedCase:
+    return CachedCase(Path("x.npz"), images, labels, tuple(np.flatnonzero(m) for m in regions_from_labels(labels)))
+
+
+def test_cache_is_memory_mapped_keyed_by_settings_and_picklable(tmp_path):
+    folder = tmp_path / "Case_7"
+    folder.mkdir()
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    labels = np.zeros((20, 24, 16), np.uint8)
+    labels[8:12, 10:14, 6:10] = 2
+    labels[9:11, 11:13, 7:9] = 3  # BraTS 2023: ET is 3
+    for suffix in ("t2f", "t1n", "t1c", "t2w"):
+        image = np.zeros(labels.shape, np.float32)
+        image[2:-2, 2:-2, 2:-2] = 100 + 10 * labels[2:-2, 2:-2, 2:-2]
+        nib.save(nib.Nifti1Image(image, affine), str(folder / f"Case_7-{suffix}.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(folder / "Case_7-seg.nii.gz"))
+    case = read_case_folder(folder)
+    at_2mm = cache_folder(tmp_path / "cache", 2.0, Normalisation())
+    at_4mm = cache_folder(tmp_path / "cache", 4.0, Normalisation())
+    assert at_2mm != at_4mm and at_2mm.parent == at_4mm.parent
+    cached = load_cached(cache_case(case, at_2mm, 2.0, Normalisation()))
+    assert isinstance(cached.images, np.memmap) and not cached.images.flags.writeable
+    assert cached.images.shape[0] == 4 and cached.labels.shape == cached.images.shape[1:]
+    assert set(np.unique(cached.labels)) == {0, 2, 4}  # ET converted to 4
+    for voxels, mask in zip(cached.tumour, regions_from_labels(np.asarray(cached.labels))):
+        np.testing.assert_array_equal(voxels, np.flatnonzero(mask))
+    copy = pickle.loads(pickle.dumps(cached))  # what a spawned loader worker receives
+    assert isinstance(copy.images, np.memmap) and copy.name == "Case_7"
+    np.testing.assert_array_equal(copy.images, cached.images)
+    assert load_cached(cache_case(case, at_4mm, 4.0, Normalisation())).labels.shape != cached.labels.shape
+
+
 def test_patches_are_reproducible_and_sample_the_tumour():
     labels = np.zeros((40, 60, 60), np.uint8)
     labels[30:34, 50:54, 50:54] = 4
-    case = CachedCase("x", np.random.default_rng(0).normal(size=(4, 40, 60, 60)).astype(np.float32), labels)
+    case = in_memory_case(np.random.default_rng(0).normal(size=(4, 40, 60, 60)).astype(np.float32), labels)
     config = TrainConfig(tile_size=(32, 32, 32), foreground_fraction=1.0)
     dataset = PatchDataset([case], config, Augmentation(config))
     a, b = dataset[17], dataset[17]
@@ -124,6 +176,61 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(["nonsense=1"])
     with pytest.raises(Exception, match="not a valid"):
         parse_overrides(["batch_size=two"])
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        parse_overrides(["preset=paper"])  # the preset is --preset
+    assert build_config("phantom", {}).preset == "phantom"
+    with pytest.raises(Exception, match="multiple of 16,32,32"):
+        build_config("tiny", {"tile_size": (24, 64, 64)})
+    with pytest.raises(Exception, match="at least 1"):
+        build_config("tiny", {"checkpoint_every": 0})
+    with pytest.raises(Exception, match="unknown training preset"):
+        build_config("huge", {})
+
+
+class BottleneckOnlyNet(torch.nn.Module):
+    """A stand-in for LCKDNet whose output depends on the bottlenecks alone: each sequence's
+    bottleneck is its image, and the logits are a fixed multiple of the (weighted) sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(4.0))
+
+    def encode(self, images: torch.Tensor, present) -> Encoded:
+        return Encoded(skips=[], bottlenecks=images.unsqueeze(2), present=torch.ones(images.shape[:2], dtype=bool))
+
+    def decode(self, encoded: Encoded, bottlenecks: torch.Tensor) -> torch.Tensor:
+        logits = self.gain * bottlenecks.sum(dim=(1, 2))
+        return logits.unsqueeze(1).expand(-1, 3, -1, -1, -1)
+
+
+def test_meta_step_moves_importance_toward_the_informative_bottleneck():
+    """Only T1ce's bottleneck tells tumour (+1) from background (-1); the others are noise.
+    Raising T1ce's weight lowers the meta loss, so its importance must grow."""
+    generator = torch.Generator().manual_seed(0)
+    tumour = torch.rand(2, 8, 8, 8, generator=generator) > 0.7
+    images = torch.randn(2, 4, 8, 8, 8, generator=generator)
+    images[:, SEQUENCES.index("t1ce")] = tumour.float() * 2 - 1
+    batch = {"images": images, "regions": tumour.unsqueeze(1).expand(-1, 3, -1, -1, -1).float()}
+    weights = ImportanceWeights(learning_rate=0.1, weight_decay=5e-4)
+    net = BottleneckOnlyNet()
+    losses = [weights.meta_step(net, [batch]) for _ in range(5)]
+    importance = weights.as_dict()
+    assert max(importance, key=importance.get) == "t1ce" and importance["t1ce"] > 0.35, importance
+    assert losses[-1] < losses[0]
+    assert net.gain.grad is None and float(net.gain.detach()) == 4.0  # the network is not updated
+
+
+def test_meta_step_leaves_the_real_network_untouched():
+    torch.manual_seed(0)
+    net = LCKDNet(NETWORKS["tiny"])
+    before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    batch = {"images": torch.randn(1, 4, 32, 64, 64), "regions": (torch.rand(1, 3, 32, 64, 64) > 0.9).float()}
+    weights = ImportanceWeights(learning_rate=1e-2, weight_decay=5e-4)
+    weights.meta_step(net, [batch, batch])
+    assert weights.as_dict() != dict.fromkeys(SEQUENCES, 0.25)
+    assert all(p.grad is None for p in net.parameters())
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, before[name])
 
 
 def test_dice_and_pooled_hd95():
