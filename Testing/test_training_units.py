@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lckd.cases import CaseFiles, read_case_folder
 from lckd.labels import regions_from_labels
@@ -119,6 +120,13 @@ def test_cache_is_memory_mapped_keyed_by_settings_and_picklable(tmp_path):
     assert isinstance(copy.images, np.memmap) and copy.name == "Case_7"
     np.testing.assert_array_equal(copy.images, cached.images)
     assert load_cached(cache_case(case, at_4mm, 4.0, Normalisation())).labels.shape != cached.labels.shape
+    # loader workers draw exactly the samples the main process draws
+    dataset = PatchDataset([cached], TrainConfig(tile_size=(8, 16, 16), augment=False))
+    sampler = IndexSampler(0, 3, 2, rank=0, world_size=1)
+    batches = [list(DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers)) for workers in (0, 2)]
+    for alone, with_workers in zip(*batches):
+        torch.testing.assert_close(alone["images"], with_workers["images"])
+        torch.testing.assert_close(alone["regions"], with_workers["regions"])
 
 
 def test_patches_are_reproducible_and_sample_the_tumour():
