@@ -1,22 +1,43 @@
-"""LCKDSegmentationLogic without Qt: export inputs, run the segmenter process, import the result."""
+"""LCKDSegmentationLogic without Qt: export the inputs, run the segmenter process, import the result.
+
+The scene is changed only when a finished run is imported: checking the inputs, exporting them,
+running, failing and cancelling leave it exactly as it was.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
-from lckd.sequences import SEQUENCES
+from lckd.sequences import SEQUENCE_TITLES, SEQUENCES
 
+from .modelCard import ModelSummary, readModelSummary
+from .regionVolumes import regionVolumesMl
 from .segmentationImport import importLabelMap
-from .segmenterProcess import SegmenterProcess, pythonExecutable
+from .segmenterProcess import EventCallback, SegmenterProcess, pythonExecutable
 from .sequenceAssignment import checkAssignment
 from .volumeExport import exportVolume
 
 LIBRARY_FOLDER = Path(__file__).resolve().parent.parent  # holds the lckd package
+#: Reference input when none is chosen: the same order as ``lckd segment``.
+REFERENCE_ORDER = ("t1ce", "t1", "flair", "t2")
+DEVICES = ("auto", "cuda", "cpu")
+LABEL_CONVENTIONS = ("brats2018", "brats2023")
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class SegmentationError(RuntimeError):
+    """The segmenter failed; the message is one line for the user."""
+
+
+class OutOfMemoryError(SegmentationError):
+    """The GPU ran out of memory; running on the CPU may work."""
 
 
 @dataclass
@@ -25,6 +46,18 @@ class SegmentationOptions:
     device: str = "auto"
     labels: str = "brats2018"
     postprocess: bool = False
+    threads: Optional[int] = None
+    reference: Optional[str] = None
+
+    def check(self) -> None:
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"Unknown device '{self.device}'; choose from {', '.join(DEVICES)}.")
+        if self.labels not in LABEL_CONVENTIONS:
+            raise ValueError(f"Unknown label convention '{self.labels}'.")
+        if self.reference is not None and self.reference not in SEQUENCES:
+            raise ValueError(f"Unknown reference sequence '{self.reference}'.")
+        if not Path(self.modelPath).is_file():
+            raise ValueError(f"Model file not found: {self.modelPath}")
 
 
 @dataclass
@@ -36,87 +69,156 @@ class SegmentationJob:
     output: Path
     volumes: Dict[str, object]
     reference: str
-    log: List[str] = field(default_factory=list)
+    options: SegmentationOptions
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def sequences(self) -> List[str]:
+        return [sequence for sequence in SEQUENCES if sequence in self.volumes]
+
+
+@dataclass
+class SegmentationResult:
+    """A finished run: the new segmentation node and what was measured."""
+
+    segmentationNode: object
+    volumesMl: Dict[str, float]
+    segmenterVolumesMl: Dict[str, float]
+    sequences: List[str]
+    reference: str
+    seconds: float
+    event: Dict = field(default_factory=dict)
+
+
+def referenceSequence(present, requested: Optional[str] = None) -> str:
+    """The input whose grid the result uses."""
+    if requested is not None:
+        if requested not in present:
+            raise ValueError(f"The reference {SEQUENCE_TITLES[requested]} is not among the inputs.")
+        return requested
+    return next(sequence for sequence in REFERENCE_ORDER if sequence in present)
 
 
 class LCKDSegmentationLogic:
     """Segments any subset of FLAIR/T1/T1ce/T2 volume nodes into a segmentation node."""
 
-    def __init__(self, python: Optional[str] = None) -> None:
+    def __init__(self, python: Optional[str] = None, libraryFolder: Path = LIBRARY_FOLDER) -> None:
         self.python = python or pythonExecutable()
+        self.libraryFolder = Path(libraryFolder)
 
-    def expectationText(self, modelPath: Path, present: List[str]) -> str:
-        """What the chosen subset costs, from the model card's validation table (Dice per region)."""
-        from lckd.model_file import read_card
-        from lckd.sequences import SEQUENCE_TITLES, subset_key
+    # -- model card --------------------------------------------------------------------------------
 
-        card = read_card(modelPath)
-        chosen = card.expected_dice(subset_key(present))
-        full = card.expected_dice(subset_key(SEQUENCES))
-        missing = [SEQUENCE_TITLES[s] for s in SEQUENCES if s not in present]
-        if chosen is None:
-            return "This model has no validation table for this combination of sequences."
+    @staticmethod
+    def modelSummary(modelPath) -> ModelSummary:
+        return readModelSummary(modelPath)
 
-        def scores(values):
-            return ", ".join(f"{region} {values[region]:.2f}" for region in ("ET", "TC", "WT"))
-
-        text = f"Expected Dice with these inputs: {scores(chosen)}"
-        if missing and full is not None:
-            text += f" (missing {', '.join(missing)}; with all four: {scores(full)})"
-        return text + "."
+    # -- running -----------------------------------------------------------------------------------
 
     def command(self, inputs: Mapping[str, Path], output: Path, options: SegmentationOptions,
                 reference: str) -> List[str]:
-        command = [self.python, "-m", "lckd", "segment", "-o", str(output), "--model", str(options.modelPath),
-                   "--device", options.device, "--labels", options.labels, "--reference", reference,
-                   "--progress", "json"]
-        for sequence, path in inputs.items():
-            command += [f"--{sequence}", str(path)]
+        """The ``lckd segment`` command line for exported inputs."""
+        command = [self.python, "-m", "lckd", "segment"]
+        for sequence in SEQUENCES:
+            if sequence in inputs:
+                command += [f"--{sequence}", str(inputs[sequence])]
+        command += ["-o", str(output), "--model", str(Path(options.modelPath).resolve()), "--device", options.device,
+                    "--reference", reference, "--labels", options.labels, "--progress", "json"]
         if options.postprocess:
             command.append("--postprocess")
+        if options.threads:
+            command += ["--threads", str(int(options.threads))]
         return command
 
-    def start(self, volumes: Mapping[str, object], options: SegmentationOptions) -> SegmentationJob:
-        """Check the inputs, export them in world space to a temporary folder, start the segmenter."""
+    def environment(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.libraryFolder), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self, volumes: Mapping[str, object], options: SegmentationOptions,
+              onEvent: Optional[EventCallback] = None) -> SegmentationJob:
+        """Check the inputs, export them in world space to a temporary folder, start the segmenter.
+
+        Raises ValueError for unusable inputs or options (nothing is left behind).
+        """
         chosen = checkAssignment(volumes)
-        reference = next(s for s in ("t1ce", "t1", "flair", "t2") if s in chosen)
+        options.check()
+        reference = referenceSequence(chosen, options.reference)
         folder = Path(tempfile.mkdtemp(prefix="LCKDSegmentation-"))
         try:
-            inputs = {sequence: exportVolume(chosen[sequence], folder / f"{sequence}.nii.gz")
-                      for sequence in SEQUENCES if sequence in chosen}
+            inputs = {sequence: exportVolume(node, folder / f"{sequence}.nii.gz") for sequence, node in chosen.items()}
             output = folder / "segmentation.nii.gz"
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_FOLDER), env.get("PYTHONPATH")]))
-            process = SegmenterProcess(self.command(inputs, output, options, reference), env=env)
+            process = SegmenterProcess(self.command(inputs, output, options, reference), env=self.environment(),
+                                       cwd=str(self.libraryFolder), onEvent=onEvent)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return SegmentationJob(process=process, folder=folder, output=output, volumes=dict(chosen),
-                               reference=reference)
+                               reference=reference, options=options)
 
-    def cancel(self, job: SegmentationJob) -> None:
+    @staticmethod
+    def cancel(job: SegmentationJob) -> None:
         """Kill the process tree and remove the temporary files; the scene is untouched."""
         job.process.cancel()
         shutil.rmtree(job.folder, ignore_errors=True)
 
-    def finish(self, job: SegmentationJob, scene, name: str = "Brain tumour"):
-        """Import the finished job's label map; returns (segmentation node, done event)."""
+    @staticmethod
+    def failure(job: SegmentationJob) -> Optional[SegmentationError]:
+        """The error of a finished job, or None when it produced a label map."""
+        process = job.process
+        if process.cancelled:
+            return SegmentationError("The segmentation was cancelled.")
+        if process.result is not None and process.process.returncode == 0 and job.output.is_file():
+            return None
+        message = process.error or "The segmenter produced no result."
+        if process.process.returncode == 3 or "out of memory" in message.lower():
+            return OutOfMemoryError(message)
+        return SegmentationError(message)
+
+    def defaultName(self, job: SegmentationJob) -> str:
+        referenceNode = job.volumes[job.reference]
+        return f"{referenceNode.GetName()} tumour"
+
+    def finish(self, job: SegmentationJob, scene, name: Optional[str] = None) -> SegmentationResult:
+        """Import a finished job's label map as a new segmentation node; the temporary folder is removed.
+
+        Raises SegmentationError (OutOfMemoryError for a GPU out of memory) when the run failed.
+        """
         try:
-            if job.process.cancelled:
-                raise RuntimeError("The segmentation was cancelled.")
-            if job.process.result is None or not job.output.is_file():
-                raise RuntimeError(job.process.error or "The segmenter produced no result.")
-            node = importLabelMap(scene, job.output, name, referenceVolumeNode=job.volumes[job.reference])
-            return node, job.process.result
+            job.process.wait()
+            error = self.failure(job)
+            if error is not None:
+                raise error
+            event = job.process.result
+            summary = readModelSummary(job.options.modelPath)
+            attributes = {"LCKDSegmentation.Sequences": "+".join(job.sequences),
+                          "LCKDSegmentation.Reference": job.reference,
+                          "LCKDSegmentation.Model": summary.name,
+                          "LCKDSegmentation.Labels": job.options.labels}
+            node = importLabelMap(scene, job.output, name or self.defaultName(job),
+                                  referenceVolumeNode=job.volumes[job.reference], attributes=attributes)
+            return SegmentationResult(
+                segmentationNode=node, volumesMl=regionVolumesMl(node),
+                segmenterVolumesMl=dict(event.get("volumes_ml") or {}), sequences=job.sequences,
+                reference=job.reference, seconds=time.monotonic() - job.started, event=event)
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
 
-    def segment(self, scene, volumes: Mapping[str, object], options: SegmentationOptions, onEvent=None,
-                name: str = "Brain tumour"):
-        """Blocking convenience: start, wait (events to ``onEvent``), import."""
-        job = self.start(volumes, options)
-        job.process.wait(onEvent)
-        if job.process.cancelled:
+    def segment(self, scene, volumes: Mapping[str, object], options: SegmentationOptions,
+                onProgress: Optional[ProgressCallback] = None, name: Optional[str] = None,
+                timeout: Optional[float] = None) -> SegmentationResult:
+        """Blocking: start, wait (``onProgress(fraction, message)`` on each event), import."""
+        holder: Dict[str, SegmentationJob] = {}
+
+        def report(event: Dict) -> None:
+            if onProgress is not None and "job" in holder:
+                process = holder["job"].process
+                onProgress(process.overallFraction, str(event.get("message", "")))
+
+        job = self.start(volumes, options, onEvent=report)
+        holder["job"] = job
+        try:
+            job.process.wait(timeout=timeout)
+        except BaseException:
             self.cancel(job)
-            return None, None
+            raise
         return self.finish(job, scene, name)

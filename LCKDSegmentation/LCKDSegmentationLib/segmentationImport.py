@@ -1,102 +1,124 @@
-"""Label map file -> segmentation node: one named, coloured segment per tumour label with a
-standard terminology entry, reference geometry from the label map's (reference input's) grid,
-placed in the reference volume's study."""
+"""Label map file -> segmentation node: one named, coloured segment per tumour label with a standard
+terminology entry (from the shipped ``LCKDSegmentation.term.json``), the reference input's geometry,
+placed next to the reference volume in the subject hierarchy (its study).
+
+When the reference volume sits under a linear transform, the label map (written on the reference's
+world grid) is put back on the reference's own grid under the same transform, so that the
+segmentation and the volume share one geometry (what DICOM SEG export needs).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
 TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "LCKDSegmentation.term.json"
-CONTEXT_NAME = "LCKDSegmentation brain tumour"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+REGION_CONTEXT = "Anatomic codes - DICOM master list"
 BRAIN = ("SCT", "12738006", "Brain")
-#: Segment name and terminology type per BraTS label value (ET: 4, or 3 in the 2023 convention).
+#: Segment name and terminology type code per BraTS label value (ET is 4, or 3 in the 2023 convention).
 SEGMENTS = {1: "necrosis", 2: "oedema", 4: "enhancing tumour", 3: "enhancing tumour"}
-_TYPE_OF = {"necrosis": "6574001", "oedema": "79654002", "enhancing tumour": "C113842"}
+TYPE_CODES = {"necrosis": "6574001", "oedema": "79654002", "enhancing tumour": "C113842"}
+#: Segment tag holding the label's role, so region volumes survive renaming.
+ROLE_TAG = "LCKDSegmentation.Role"
+ROLES = {1: "NCR", 2: "ED", 4: "ET", 3: "ET"}
 
 
 def loadTerminology(path: Path = TERMINOLOGY_FILE) -> Dict[str, Dict]:
-    """Types of the shipped terminology by code value: scheme, meaning, colour, category."""
-    document = json.loads(Path(path).read_text())
+    """The shipped terminology's context name and its types by code value (scheme, meaning, colour)."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
     types = {}
     for category in document["SegmentationCodes"]["Category"]:
         for entry in category["Type"]:
             types[entry["CodeValue"]] = dict(entry, category=category)
-    return types
+    return {"context": document["SegmentationCategoryTypeContextName"], "types": types}
 
 
-def terminologyEntry(code: Dict) -> str:
-    """Slicer's terminology entry string for a type of the shipped context, in the brain."""
-    category = code["category"]
-    return "~".join([
-        CONTEXT_NAME,
-        f"{category['CodingSchemeDesignator']}^{category['CodeValue']}^{category['CodeMeaning']}",
-        f"{code['CodingSchemeDesignator']}^{code['CodeValue']}^{code['CodeMeaning']}",
-        "^^",
-        ANATOMIC_CONTEXT,
-        "^".join(BRAIN),
-        "^^",
-    ])
+def _code(values: Dict) -> str:
+    return f"{values['CodingSchemeDesignator']}^{values['CodeValue']}^{values['CodeMeaning']}"
 
 
-def _matrixFromNumpy(array: np.ndarray):
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(array[row, column]))
-    return matrix
+def terminologyEntry(context: str, code: Dict) -> str:
+    """Slicer's serialized terminology entry for a type of the shipped context, in the brain."""
+    return "~".join([context, _code(code["category"]), _code(code), "^^", REGION_CONTEXT, "^".join(BRAIN), "^^"])
 
 
-def addLabelMapNode(scene, labels: np.ndarray, affine: np.ndarray, name: str):
-    """A vtkMRMLLabelMapVolumeNode holding ``labels`` (indexed [i, j, k]) on ``affine``."""
+def labelMapNodeFromArray(scene, labels: np.ndarray, ijkToRAS: np.ndarray, name: str):
+    """A new vtkMRMLLabelMapVolumeNode holding ``labels`` (indexed [i, j, k]) with ``ijkToRAS``."""
     import vtk
     from vtkmodules.util import numpy_support
 
+    from .volumeExport import numpyToVtkMatrix
+
     imageData = vtk.vtkImageData()
     imageData.SetDimensions(*labels.shape)
-    flat = np.ascontiguousarray(labels.transpose(2, 1, 0)).ravel().astype(np.uint8)
-    scalars = numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
-    imageData.GetPointData().SetScalars(scalars)
+    flat = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).transpose(2, 1, 0)).ravel()
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-    node.SetIJKToRASMatrix(_matrixFromNumpy(affine))
+    node.SetIJKToRASMatrix(numpyToVtkMatrix(ijkToRAS))
     node.SetAndObserveImageData(imageData)
     return node
 
 
-def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None):
-    """A new segmentation node from a BraTS label map file; returns it."""
+def _sharesGrid(referenceVolumeNode, labels: np.ndarray, affine: np.ndarray) -> bool:
+    """Whether the label map lies on the reference volume's world grid."""
+    from .volumeExport import isUnderNonLinearTransform, worldIJKToRAS
+
+    if referenceVolumeNode is None or isUnderNonLinearTransform(referenceVolumeNode):
+        return False
+    imageData = referenceVolumeNode.GetImageData()
+    if imageData is None or tuple(imageData.GetDimensions()) != tuple(labels.shape):
+        return False
+    return bool(np.allclose(worldIJKToRAS(referenceVolumeNode), affine, atol=1e-3))
+
+
+def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, attributes: Optional[Dict] = None):
+    """A new segmentation node from a BraTS label map file; returns it. Nothing is left behind on failure."""
     import nibabel as nib
     import slicer
 
+    from .volumeExport import localIJKToRAS
+
     image = nib.load(str(labelPath))
     labels = np.asarray(image.dataobj).astype(np.uint8)
-    labelNode = addLabelMapNode(scene, labels, image.affine, name + " labels")
+    transformNodeId = None
+    shares = _sharesGrid(referenceVolumeNode, labels, image.affine)
+    if shares:
+        ijkToRAS = localIJKToRAS(referenceVolumeNode)
+        transformNodeId = referenceVolumeNode.GetTransformNodeID()
+    else:
+        ijkToRAS = np.asarray(image.affine, dtype=float)
+    labelNode = labelMapNodeFromArray(scene, labels, ijkToRAS, name + " labels")
+    segmentationNode = None
     try:
+        labelNode.SetAndObserveTransformNodeID(transformNodeId)
         segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        segmentationNode.SetAndObserveTransformNodeID(transformNodeId)
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(labelNode)
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode if shares else labelNode)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentationNode):
-            scene.RemoveNode(segmentationNode)
             raise RuntimeError(f"Could not import {labelPath} as a segmentation.")
+        describeSegments(segmentationNode)
+        for key, value in (attributes or {}).items():
+            segmentationNode.SetAttribute(str(key), str(value))
+        if referenceVolumeNode is not None:
+            placeInStudy(scene, segmentationNode, referenceVolumeNode)
+    except Exception:
+        if segmentationNode is not None:
+            scene.RemoveNode(segmentationNode)
+        raise
     finally:
         scene.RemoveNode(labelNode)
-    describeSegments(segmentationNode)
-    if referenceVolumeNode is not None:
-        placeInStudy(scene, segmentationNode, referenceVolumeNode)
     return segmentationNode
 
 
 def describeSegments(segmentationNode) -> None:
-    """Name, colour and terminology tag for each segment, by its label value."""
+    """Name, colour, terminology entry and role tag for each segment, by its label value."""
     import slicer
 
-    types = loadTerminology()
+    terminology = loadTerminology()
     segmentation = segmentationNode.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
@@ -104,21 +126,26 @@ def describeSegments(segmentationNode) -> None:
         title = SEGMENTS.get(label)
         if title is None:
             continue
-        code = types[_TYPE_OF[title]]
+        code = terminology["types"][TYPE_CODES[title]]
         segment.SetName(title)
         segment.SetColor(*[value / 255.0 for value in code["recommendedDisplayRGBValue"]])
-        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminologyEntry(code))
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminologyEntry(terminology["context"], code))
+        segment.SetTag(ROLE_TAG, ROLES[label])
 
 
 def placeInStudy(scene, node, referenceVolumeNode) -> None:
-    """Put ``node`` under the reference volume's parent (its study) in the subject hierarchy."""
+    """Put ``node`` under the reference volume's parent item (its study) in the subject hierarchy."""
     import slicer
 
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     if hierarchy is None:
         return
     referenceItem = hierarchy.GetItemByDataNode(referenceVolumeNode)
+    if not referenceItem:
+        return
+    parent = hierarchy.GetItemParent(referenceItem)
     item = hierarchy.GetItemByDataNode(node)
-    if referenceItem and item:
-        hierarchy.SetItemParent(item, hierarchy.GetItemParent(referenceItem))
-
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)

@@ -1,52 +1,84 @@
-"""Assign loaded volumes to the FLAIR / T1 / T1ce / T2 slots from their names; check assignments."""
+"""Assign loaded volumes to the FLAIR / T1 / T1ce / T2 slots from their names; check assignments.
+
+Names are matched case-insensitively. Rules are tried in this order, so that the more specific
+ones win: FLAIR (``flair``, ``t2f``), an explicitly post-contrast T1 (``t1ce``, ``t1c``, ``t1gd``,
+``t1 post``, ``t1+c``), T2 (``t2``, ``t2w``; not T2*), any other contrast word (``post``,
+``contrast``, ``gad``, ``gd``, ``ce``: a post-contrast T1 such as "MPRAGE post Gd"), then T1
+(``t1``, ``t1n``, ``t1w``, ``mprage``).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 from lckd.sequences import SEQUENCE_TITLES, SEQUENCES
 
-# Checked in this order: the contrast-enhanced T1 patterns must win over plain T1.
-_PATTERNS = (
-    ("flair", re.compile(r"flair|t2f(?![a-z])|t2[-_ ]?fl", re.IGNORECASE)),
-    ("t1ce", re.compile(r"t1[-_ ]?ce|t1c(?![a-z])|t1[-_ ]?gd|gad|post|contrast|t1[-_ ]?c[-_ ]|mprage[-_ ]?c",
-                        re.IGNORECASE)),
-    ("t2", re.compile(r"t2(?![-_ ]?(fl|f(?![a-z])))|t2w", re.IGNORECASE)),
-    ("t1", re.compile(r"t1(?![0-9])|t1n|t1w|mprage", re.IGNORECASE)),
+_RULES = (
+    ("flair", re.compile(r"flair|(?<![0-9])t2[-_ ]?f(?![a-z0-9])", re.IGNORECASE)),
+    ("t1ce", re.compile(r"(?<![0-9])t1[-_ ]?(?:ce|c|gd|gad|post|contrast|\+ ?c|\+ ?gd)(?![a-z0-9])", re.IGNORECASE)),
+    ("t2", re.compile(r"(?<![0-9])t2(?![0-9]|\s*\*|[-_ ]?star)", re.IGNORECASE)),
+    ("t1ce", re.compile(r"(?<![a-z])(?:post(?![-_ ]?op)(?![a-z])|postcontrast|contrast|gad(?:o|olinium)?|gd|ce)"
+                        r"(?![a-z])", re.IGNORECASE)),
+    ("t1", re.compile(r"(?<![0-9])t1(?![0-9])|mprage", re.IGNORECASE)),
 )
 
 
 def guessSequence(name: str) -> Optional[str]:
     """The sequence a volume name suggests (``flair``, ``t1ce``, ``t2``, ``t1``), or None."""
-    for sequence, pattern in _PATTERNS:
+    for sequence, pattern in _RULES:
         if pattern.search(name):
             return sequence
     return None
 
 
-def autoAssign(names: Iterable[str]) -> Dict[str, str]:
-    """First volume name per sequence slot, in the order the names are given."""
+def autoAssign(names: Iterable[str], taken: Iterable[str] = ()) -> Dict[str, str]:
+    """The first volume name for each sequence slot, in the order the names are given.
+
+    ``taken``: slots that are already filled and must not be proposed again.
+    """
     assignment: Dict[str, str] = {}
+    skip = set(taken)
     for name in names:
         sequence = guessSequence(name)
-        if sequence is not None and sequence not in assignment:
+        if sequence is not None and sequence not in assignment and sequence not in skip:
             assignment[sequence] = name
     return assignment
 
 
-def checkAssignment(assignment: Mapping[str, object]) -> Dict[str, object]:
-    """The non-empty slots; raises ValueError when no slot is set or one volume fills two slots."""
+def _identity(node) -> object:
+    """Slicer nodes are compared by their MRML ID; other objects by identity."""
+    getId = getattr(node, "GetID", None)
+    nodeId = getId() if callable(getId) else None
+    return nodeId if nodeId else id(node)
+
+
+def assignmentProblems(assignment: Mapping[str, object]) -> List[str]:
+    """User-readable reasons why ``{sequence: node or None}`` cannot be segmented (empty when fine)."""
+    unknown = sorted(set(assignment) - set(SEQUENCES))
+    if unknown:
+        return [f"Unknown sequence slot(s): {', '.join(unknown)}."]
     chosen = {sequence: node for sequence, node in assignment.items() if node is not None}
     if not chosen:
-        raise ValueError("Select at least one input volume (FLAIR, T1, T1ce or T2).")
-    seen: Dict[int, str] = {}
+        return ["Select at least one input volume (FLAIR, T1, T1ce or T2)."]
+    problems = []
+    seen: Dict[object, str] = {}
     for sequence in SEQUENCES:
         node = chosen.get(sequence)
         if node is None:
             continue
-        if id(node) in seen:
-            raise ValueError(f"The same volume is selected as {SEQUENCE_TITLES[seen[id(node)]]} and "
-                             f"{SEQUENCE_TITLES[sequence]}.")
-        seen[id(node)] = sequence
-    return chosen
+        key = _identity(node)
+        if key in seen:
+            problems.append(f"The same volume is selected as {SEQUENCE_TITLES[seen[key]]} and "
+                            f"{SEQUENCE_TITLES[sequence]}; each slot needs its own volume.")
+        else:
+            seen[key] = sequence
+    return problems
+
+
+def checkAssignment(assignment: Mapping[str, object]) -> Dict[str, object]:
+    """The non-empty slots in channel order; raises ValueError when none is set or a volume fills two."""
+    problems = assignmentProblems(assignment)
+    if problems:
+        raise ValueError(" ".join(problems))
+    return {sequence: assignment[sequence] for sequence in SEQUENCES if assignment.get(sequence) is not None}

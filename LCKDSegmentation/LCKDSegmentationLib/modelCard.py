@@ -1,0 +1,154 @@
+"""What the application shows about a model: its card, the Dice expected for the chosen inputs
+(from the model's own validation table over the 15 subsets), its teachers and importance weights.
+
+The card is read with :func:`lckd.model_file.read_card` when the ``lckd`` package can be imported
+in this process. Inside Slicer, before the module's Python packages are installed (nibabel is
+needed by ``lckd.io``), the card is read from the safetensors header with the standard library
+only, with the same refusals (pickles, zip checkpoints, files without an LCKD card).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from lckd.errors import ModelFileError
+from lckd.sequences import SEQUENCE_TITLES, SEQUENCES, subset_key
+
+CARD_KEY = "lckd_model_card"  # lckd.model_file.CARD_KEY (a test keeps them equal)
+CARD_FORMAT = "lckd-model"
+REGION_ORDER = ("ET", "TC", "WT")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+@dataclass
+class ModelSummary:
+    """The parts of a model card the module shows."""
+
+    path: Path
+    name: str = "unnamed"
+    description: str = ""
+    preset: str = ""
+    method: str = ""
+    teachers: Optional[Dict[str, Any]] = None
+    importance: Optional[Dict[str, float]] = None
+    validation: Optional[Dict[str, Any]] = None
+    training: Dict[str, Any] = field(default_factory=dict)
+
+    def expectedDice(self, sequences: Sequence[str]) -> Optional[Dict[str, float]]:
+        """Validation Dice per region (ET, TC, WT) with exactly these input sequences, if known."""
+        if not self.validation or not sequences:
+            return None
+        return self.validation.get("subsets", {}).get(subset_key(sequences))
+
+
+def _headerCard(path: Path) -> Dict[str, Any]:
+    """The card's values from the safetensors header, with the standard library only."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise ModelFileError(f"{path}: this is a pickle or a PyTorch checkpoint, not an LCKD model; "
+                                 f"pickled files are never loaded (LCKD models are .safetensors files)")
+        if len(head) < 8:
+            raise ModelFileError(f"{path}: not an LCKD model file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length < 2 or length > min(_MAX_HEADER_BYTES, path.stat().st_size - 8):
+            raise ModelFileError(f"{path}: not an LCKD model file (no safetensors header)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        values = json.loads(header["__metadata__"][CARD_KEY])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise ModelFileError(f"{path}: a file without an LCKD model card; not an LCKD model") from None
+    if not isinstance(values, dict) or values.get("format") != CARD_FORMAT:
+        raise ModelFileError(f"{path}: not an LCKD model card")
+    return values
+
+
+def readModelSummary(path) -> ModelSummary:
+    """The card of a model file (no torch, no weights read); raises ModelFileError for other files."""
+    path = Path(path)
+    try:
+        from lckd.model_file import read_card
+    except ImportError:  # inside Slicer before nibabel is installed
+        values = _headerCard(path)
+    else:
+        card = read_card(path)
+        values = dict(card.__dict__)
+    known = {name for name in ModelSummary.__dataclass_fields__ if name != "path"}
+    return ModelSummary(path=path, **{key: value for key, value in values.items()
+                                      if key in known and value is not None})
+
+
+def _scores(values: Dict[str, float]) -> str:
+    return ", ".join(f"{region} {values[region]:.2f}" for region in REGION_ORDER if region in values)
+
+
+def bestAddition(summary: ModelSummary, present: Sequence[str]):
+    """The missing sequence whose addition raises the mean expected Dice most: (sequence, Dice) or None."""
+    best = None
+    for sequence in SEQUENCES:
+        if sequence in present:
+            continue
+        dice = summary.expectedDice(list(present) + [sequence])
+        if dice is None:
+            continue
+        mean = sum(dice.values()) / len(dice)
+        if best is None or mean > best[2]:
+            best = (sequence, dice, mean)
+    return None if best is None else best[:2]
+
+
+def expectationText(summary: ModelSummary, present: Sequence[str], tr: Callable[[str], str] = _identity) -> str:
+    """What the chosen inputs are expected to give and what the missing sequences cost (Dice)."""
+    if not present:
+        return tr("Select at least one input volume.")
+    chosen = summary.expectedDice(present)
+    if chosen is None:
+        return tr("This model has no validation table for this combination of sequences.")
+    missing = [SEQUENCE_TITLES[s] for s in SEQUENCES if s not in present]
+    lines = [tr("Expected Dice with {inputs}: {scores}.").format(
+        inputs=" + ".join(SEQUENCE_TITLES[s] for s in SEQUENCES if s in present), scores=_scores(chosen))]
+    full = summary.expectedDice(SEQUENCES)
+    if missing and full is not None:
+        cost = {region: full[region] - chosen[region] for region in REGION_ORDER if region in full and region in chosen}
+        lines.append(tr("Missing {missing}: with all four sequences {scores} (cost {cost}).").format(
+            missing=", ".join(missing), scores=_scores(full),
+            cost=", ".join(f"{region} {value:+.2f}" for region, value in cost.items())))
+        addition = bestAddition(summary, present)
+        if addition is not None and len(missing) > 1:
+            lines.append(tr("Adding {sequence} would help most: {scores}.").format(
+                sequence=SEQUENCE_TITLES[addition[0]], scores=_scores(addition[1])))
+    elif not missing:
+        lines.append(tr("All four sequences are available."))
+    cases = (summary.validation or {}).get("cases")
+    if cases:
+        lines.append(tr("Measured on {cases} validation cases of the model's training data.").format(cases=cases))
+    return "\n".join(lines)
+
+
+def modelText(summary: ModelSummary, tr: Callable[[str], str] = _identity) -> str:
+    """The model's method, elected teachers (LCKD) or learned importance weights (MetaKD)."""
+    lines: List[str] = []
+    if summary.description:
+        lines.append(summary.description)
+    lines.append(tr("Method: {method}; network: {preset}.").format(method=summary.method or "?",
+                                                                   preset=summary.preset or "?"))
+    perRegion = (summary.teachers or {}).get("per_region") or {}
+    if perRegion:
+        lines.append(tr("Elected teachers: {teachers}.").format(teachers=", ".join(
+            f"{region} {SEQUENCE_TITLES.get(sequence, sequence)}" for region, sequence in sorted(perRegion.items()))))
+    if summary.importance:
+        lines.append(tr("Learned importance weights: {weights}.").format(weights=", ".join(
+            f"{SEQUENCE_TITLES.get(sequence, sequence)} {weight:.2f}"
+            for sequence, weight in summary.importance.items())))
+    return "\n".join(lines)
