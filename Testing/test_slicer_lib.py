@@ -1,0 +1,510 @@
+"""The Slicer module's Qt-free parts that need no MRML scene, and static checks of what only a Slicer
+application runs: sequence slots, model card and expected Dice, model catalogue (local file://
+downloads only), dependency installation (against stand-ins for Slicer and PyTorchUtils), sample data,
+packaging lists, the .ui file against the widget code, light imports, Python 3.9 and 3.12."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import make_tiny_model_file
+from lckd.model_file import CARD_KEY, read_card
+from lckd.sequences import SEQUENCES, all_subsets, subset_key
+from LCKDSegmentationLib import dependencies, modelCatalog, sampleData
+from LCKDSegmentationLib.modelCard import CARD_KEY as LIB_CARD_KEY
+from LCKDSegmentationLib.modelCard import _headerCard, expectationText, modelText, readModelSummary
+from LCKDSegmentationLib.segmenterProcess import SegmenterProcess
+from LCKDSegmentationLib.selfTest import syntheticValidationTable
+from LCKDSegmentationLib.sequenceAssignment import assignmentProblems, autoAssign, checkAssignment, guessSequence
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "LCKDSegmentation"
+MODULE_FILE = MODULE / "LCKDSegmentation.py"
+LIB = MODULE / "LCKDSegmentationLib"
+DEMO_MODEL = MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors"
+
+
+# -- sequence slots --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, sequence", [
+    ("FLAIR", "flair"), ("T2_FLAIR_axial", "flair"), ("BraTS-GLI-00000-000-t2f", "flair"),
+    ("BraTS-GLI-00000-000-t1c", "t1ce"), ("BraTS2021_00000_t1ce", "t1ce"), ("T1 post Gd", "t1ce"),
+    ("t1gd", "t1ce"), ("T1+C", "t1ce"), ("MPRAGE post contrast", "t1ce"), ("Contrast-enhanced T1", "t1ce"),
+    ("BraTS-GLI-00000-000-t2w", "t2"), ("sub-01_T2w", "t2"), ("post-op T2", "t2"), ("posterior fossa T2", "t2"),
+    ("BraTS-GLI-00000-000-t1n", "t1"), ("sub-01_T1w", "t1"), ("T1_MPRAGE", "t1"), ("Phantom_t1", "t1"),
+    ("T2*", None), ("t2star_gre", None), ("DWI", None), ("ADC", None), ("MRHead", None), ("t12", None),
+])
+def test_volume_names_suggest_sequences(name, sequence):
+    assert guessSequence(name) == sequence
+
+
+def test_auto_assignment_fills_each_free_slot_once():
+    names = ["DWI", "T1 post Gd", "FLAIR", "flair 2", "t2w", "T1 MPRAGE"]
+    assert autoAssign(names) == {"t1ce": "T1 post Gd", "flair": "FLAIR", "t2": "t2w", "t1": "T1 MPRAGE"}
+    assert autoAssign(names, taken=["flair", "t1"]) == {"t1ce": "T1 post Gd", "t2": "t2w"}
+    sample = [sampleData.nodeName(s) for s in reversed(SEQUENCES)]
+    assert autoAssign(sample) == {s: sampleData.nodeName(s) for s in SEQUENCES}
+
+
+class FakeNode:
+    def __init__(self, node_id):
+        self.node_id = node_id
+
+    def GetID(self):  # noqa: N802  (Slicer's API)
+        return self.node_id
+
+
+def test_assignment_refuses_duplicates_and_nothing():
+    first, again, other = FakeNode("vtkMRMLScalarVolumeNode1"), FakeNode("vtkMRMLScalarVolumeNode1"), FakeNode("v2")
+    assert assignmentProblems({"t1": first, "t2": other}) == []
+    assert checkAssignment({"t2": other, "t1": first, "flair": None}) == {"t1": first, "t2": other}
+    assert list(checkAssignment({"t2": other, "t1": first})) == ["t1", "t2"]  # channel order
+    with pytest.raises(ValueError, match="same volume is selected as T1 and T2"):
+        checkAssignment({"t1": first, "t2": again})
+    with pytest.raises(ValueError, match="at least one"):
+        checkAssignment({"t1": None, "t2": None})
+    with pytest.raises(ValueError, match="at least one"):
+        checkAssignment({})
+    assert assignmentProblems({"dwi": first}) == ["Unknown sequence slot(s): dwi."]
+
+
+# -- model card and what missing sequences cost ---------------------------------------------------
+
+def test_model_summary_matches_lckd_read_card_and_the_header_reader():
+    card = read_card(DEMO_MODEL)
+    summary = readModelSummary(DEMO_MODEL)
+    assert (summary.name, summary.method, summary.preset, summary.teachers, summary.validation) == (
+        card.name, card.method, card.preset, card.teachers, card.validation)
+    header = _headerCard(DEMO_MODEL)
+    assert header["name"] == card.name and header["validation"] == card.validation
+    assert LIB_CARD_KEY == CARD_KEY
+    for subset in all_subsets():
+        assert summary.expectedDice(subset) == card.expected_dice(subset_key(subset))
+
+
+def test_model_summary_refuses_other_files(tmp_path):
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\0" * 64)
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    foreign = tmp_path / "other.safetensors"
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    foreign.write_bytes(struct.pack("<Q", len(header)) + header)
+    for path in (pickle, checkpoint, foreign, tmp_path / "missing.safetensors"):
+        with pytest.raises(Exception, match=str(path.name)):
+            readModelSummary(path)
+        with pytest.raises(Exception, match=str(path.name)):
+            _headerCard(path)
+
+
+def test_expectation_text_shows_the_cost_of_missing_sequences(tmp_path):
+    path = make_tiny_model_file(tmp_path / "m.safetensors", validation=syntheticValidationTable(),
+                                importance={"flair": 0.4, "t1": 0.1, "t1ce": 0.3, "t2": 0.2},
+                                teachers={"per_region": {"ET": "t1ce", "TC": "t1ce", "WT": "flair"}})
+    summary = readModelSummary(path)
+    text = expectationText(summary, ["flair", "t1"])
+    assert "Expected Dice with FLAIR + T1: ET 0.44, TC 0.49, WT 0.54." in text
+    assert "Missing T1ce, T2: with all four sequences ET 0.68, TC 0.73, WT 0.78 (cost ET +0.24" in text
+    assert "Adding" in text and "would help most: ET 0.56" in text
+    assert "All four" in expectationText(summary, list(SEQUENCES))
+    assert "at least one" in expectationText(summary, [])
+    info = modelText(summary)
+    assert "Elected teachers: ET T1ce, TC T1ce, WT FLAIR." in info
+    assert "Learned importance weights: FLAIR 0.40, T1 0.10, T1ce 0.30, T2 0.20." in info
+    without = readModelSummary(make_tiny_model_file(tmp_path / "bare.safetensors"))
+    assert "no validation table" in expectationText(without, ["t1"])
+    translated = expectationText(summary, ["t2"], tr=lambda text: "[fr] " + text)
+    assert translated.startswith("[fr] Expected Dice with T2: ET") and "\n[fr] Missing FLAIR" in translated
+
+
+# -- model catalogue -------------------------------------------------------------------------------
+
+def test_catalogue_lists_the_bundled_demo_model_with_its_checksum():
+    entries = modelCatalog.loadCatalog()
+    default = entries[0]
+    assert default.bundled == "Models/lckd-phantom-demo.safetensors" and default.url is None
+    path = modelCatalog.localPath(default)
+    assert path == DEMO_MODEL
+    assert modelCatalog.sha256(path) == default.sha256, "update Resources/Models.json after replacing the model"
+    assert read_card(path).name == default.name
+    for entry in entries:
+        assert entry.licence and entry.trainingData and entry.inputs and "cpu_s" in entry.times
+        assert entry.describe().startswith(entry.title)
+
+
+def test_catalogue_validation(tmp_path):
+    document = {"models": [{"name": "x", "version": "1", "title": "X", "sha256": "0" * 64, "licence": "MIT",
+                            "training_data": "none", "inputs": "any"}]}
+    path = tmp_path / "Models.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="bundled path or a URL"):
+        modelCatalog.loadCatalog(path)
+    document["models"][0]["url"] = "https://example.invalid/x.safetensors"
+    document["models"][0]["sha256"] = "abc"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="SHA-256"):
+        modelCatalog.loadCatalog(path)
+    path.write_text(json.dumps({"models": []}))
+    with pytest.raises(ValueError, match="no model"):
+        modelCatalog.loadCatalog(path)
+
+
+def test_download_from_a_local_address_is_verified_and_cancellable(tmp_path, monkeypatch):
+    source = make_tiny_model_file(tmp_path / "source.safetensors")
+    entry = modelCatalog.ModelEntry(name="tiny", version="1", title="Tiny", sha256=modelCatalog.sha256(source),
+                                    licence="MIT", trainingData="none", inputs="any", url=source.as_uri())
+    monkeypatch.setenv(modelCatalog.CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    cache = modelCatalog.defaultCacheFolder()
+    assert cache == tmp_path / "cache" and modelCatalog.localPath(entry) is None
+    cache.mkdir()
+    (cache / "notes.txt").write_text("the user's own file")
+
+    progress = []
+    path = modelCatalog.download(entry, onProgress=lambda done, total: progress.append((done, total)))
+    assert path == cache / "tiny-1.safetensors" and path.read_bytes() == source.read_bytes()
+    assert progress[-1] == (source.stat().st_size, source.stat().st_size)
+    assert modelCatalog.localPath(entry) == path
+
+    damaged = modelCatalog.ModelEntry(**dict(entry.__dict__, version="2", sha256="0" * 64))
+    with pytest.raises(ValueError, match="not kept"):
+        modelCatalog.download(damaged)
+    cancelled = modelCatalog.ModelEntry(**dict(entry.__dict__, version="3"))
+    with pytest.raises(modelCatalog.DownloadCancelledError):
+        modelCatalog.download(cancelled, isCancelled=lambda: True)
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt", "tiny-1.safetensors"]
+
+    (cache / ".download-x.part").write_bytes(b"left over")
+    assert modelCatalog.deleteDownloaded() == 1
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]  # nothing else is touched
+    assert modelCatalog.localPath(modelCatalog.loadCatalog()[0]) == DEMO_MODEL  # bundled models stay
+
+
+# -- dependencies ----------------------------------------------------------------------------------
+
+class FakeSlicer:
+    """Records what the module asks of Slicer: confirmations and pip calls."""
+
+    def __init__(self, agree=True, packaging=False):
+        self.calls = []
+        self.util = SimpleNamespace(confirmOkCancelDisplay=self._confirm, pip_install=self._pip_install)
+        if packaging:
+            self.packaging = SimpleNamespace(pip_ensure=self._pip_ensure, load_requirements=self._load)
+        self.agree = agree
+
+    def _confirm(self, text, title=None):
+        self.calls.append(("confirm", text))
+        return self.agree
+
+    def _pip_install(self, arguments):
+        self.calls.append(("pip_install", list(arguments)))
+
+    def _pip_ensure(self, requirements, constraints=None, skip_packages=None, prompt_install=True,
+                    prompt_restart=True, requester=None, skip_in_testing=True, show_progress=True):
+        self.calls.append(("pip_ensure", list(requirements), skip_packages, prompt_install, requester,
+                           Path(constraints).read_text() if constraints else None))
+
+    def _load(self, path):
+        return dependencies.requirements(path)
+
+
+class FakeTorchUtils:
+    def __init__(self, available=True):
+        self.available = available
+        self.requests = []
+
+    def PyTorchUtilsLogic(self):  # noqa: N802  (the PyTorch extension's API)
+        return self
+
+    def installTorch(self, askConfirmation=True, torchVersionRequirement=None):  # noqa: N802, N803
+        self.requests.append((askConfirmation, torchVersionRequirement))
+        return object() if self.available else None
+
+
+def test_requirements_are_bounded_and_never_torch():
+    lines = dependencies.requirements()
+    assert lines and all(">=" in line for line in lines)
+    names = {dependencies.requirementName(line).lower() for line in lines}
+    assert not names & {"torch", "simpleitk", "requests", "numpy"}
+    assert {"monai", "nibabel", "safetensors"} <= names
+
+
+def test_missing_requirements_check_versions(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("# comment\nnibabel>=1.0\nnibabel>=999\nno-such-package-lckd>=1  # why\n\n")
+    assert dependencies.missingRequirements(path) == ["nibabel>=999", "no-such-package-lckd>=1"]
+    versions = dependencies.installedVersions(path)
+    assert versions["no-such-package-lckd"] == "not installed" and versions["torch"] != "not installed"
+    assert "nibabel: " in dependencies.versionsText(path)
+
+
+def test_ensure_dependencies_asks_first_and_protects_torch(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("nibabel>=1.0\nno-such-package-lckd>=1\n")
+
+    declined = FakeSlicer(agree=False)
+    assert not dependencies.ensureDependencies(slicerModule=declined, torchUtils=FakeTorchUtils(), path=path)
+    assert [call[0] for call in declined.calls] == ["confirm"] and "no-such-package-lckd" in declined.calls[0][1]
+
+    without_torch = FakeSlicer()
+    assert not dependencies.ensureDependencies(slicerModule=without_torch, torchUtils=FakeTorchUtils(False),
+                                               path=path)
+    assert without_torch.calls == []
+
+    old = FakeSlicer()  # Slicer < 5.11: slicer.util.pip_install with torch pinned by a constraints file
+    torch_utils = FakeTorchUtils()
+    dependencies.ensureDependencies(slicerModule=old, torchUtils=torch_utils, path=path)
+    assert torch_utils.requests == [(True, dependencies.MINIMUM_TORCH)]
+    kind, arguments = old.calls[1]
+    assert kind == "pip_install" and arguments[0] == "-c" and arguments[2:] == ["no-such-package-lckd>=1"]
+    assert not Path(arguments[1]).exists()  # the constraints file is removed afterwards
+
+    new = FakeSlicer(packaging=True)  # Slicer >= 5.11: slicer.packaging.pip_ensure
+    dependencies.ensureDependencies(slicerModule=new, torchUtils=FakeTorchUtils(), path=path)
+    kind, requested, skipped, prompt, requester, constraints = new.calls[1]
+    assert kind == "pip_ensure" and "torch" in skipped and prompt is False and requester == "LCKDSegmentation"
+    assert constraints.startswith("torch==") and not any("torch" in line for line in requested)
+
+    reinstall = FakeSlicer()
+    dependencies.ensureDependencies(slicerModule=reinstall, reinstall=True, torchUtils=FakeTorchUtils(), path=path)
+    kind, arguments = reinstall.calls[1]
+    assert arguments[:2] == ["--force-reinstall", "--no-deps"] and "nibabel>=1.0" in arguments
+
+    satisfied = tmp_path / "satisfied.txt"
+    satisfied.write_text("nibabel>=1.0\n")
+    quiet = FakeSlicer()
+    assert dependencies.ensureDependencies(slicerModule=quiet, torchUtils=FakeTorchUtils(), path=satisfied)
+    assert quiet.calls == []
+
+
+# -- the segmenter process on its own ------------------------------------------------------------
+
+def test_process_events_and_overall_progress():
+    script = ("import json\n"
+              "for e in [{'event': 'stage', 'stage': 'load', 'message': 'a'}, 'not json', [1, 2],\n"
+              "          {'event': 'stage', 'stage': 'infer', 'message': 'b'},\n"
+              "          {'event': 'progress', 'fraction': 0.5, 'done': 1, 'total': 2}]:\n"
+              "    print(e if isinstance(e, str) else json.dumps(e), flush=True)\n"
+              "import sys; sys.stderr.write('last words\\n'); sys.exit(4)\n")
+    seen = []
+    process = SegmenterProcess([sys.executable, "-c", script], onEvent=seen.append)
+    assert process.wait(timeout=60) is None
+    assert [e["event"] for e in seen] == ["stage", "log", "log", "stage", "progress"]
+    assert seen[1]["message"] == "not json" and seen[2]["message"] == "[1, 2]"
+    assert process.stage == "infer" and process.overallFraction == pytest.approx(0.15 + 0.8 * 0.5)
+    assert process.error == "last words" and process.process.returncode == 4
+
+
+# -- sample data -----------------------------------------------------------------------------------
+
+def test_sample_data_is_small_checksummed_and_registered():
+    arguments = sampleData.sampleDataSourceArguments()
+    total = 0
+    for sequence in SEQUENCES:
+        path = sampleData.sampleFile(sequence)
+        total += path.stat().st_size
+        assert modelCatalog.sha256(path) == sampleData.CHECKSUMS[sequence]
+    assert total < 2_000_000
+    assert arguments["nodeNames"] == [f"Phantom_{s}" for s in SEQUENCES]
+    assert all(uri.startswith("file://") for uri in arguments["uris"])
+    registered = []
+    fake = SimpleNamespace(SampleDataLogic=SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kwargs: registered.append(kwargs)))
+    sampleData.registerSampleData(fake)
+    assert registered == [arguments] and registered[0]["sampleName"] == sampleData.SAMPLE_NAME
+
+
+# -- packaging and build files ---------------------------------------------------------------------
+
+def _cmake_list(text, variable):
+    block = re.search(rf"set\({variable}\n(.*?)\n\s*\)", text, re.DOTALL)
+    assert block, variable
+    return [line.strip().replace("${MODULE_NAME}", "LCKDSegmentation") for line in block.group(1).splitlines()
+            if line.strip()]
+
+
+def test_every_file_the_module_needs_is_listed_in_cmake():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    listed = set(_cmake_list(text, "MODULE_PYTHON_SCRIPTS")) | set(_cmake_list(text, "MODULE_PYTHON_RESOURCES"))
+    needed = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+              and p.relative_to(MODULE).parts[0] != "Testing" and p.name != "CMakeLists.txt"}
+    assert sorted(needed - listed) == [], "not listed in LCKDSegmentation/CMakeLists.txt (left out of the package)"
+    assert sorted(listed - needed) == [], "listed in LCKDSegmentation/CMakeLists.txt but missing"
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert not any(path.startswith("training") for path in listed)
+
+
+def test_extension_metadata_and_catalog_entry():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(LCKDSegmentation\)", top, re.MULTILINE)
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', top), variable
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and 'set(EXTENSION_CATEGORY "Segmentation")' in top
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(LCKDSegmentation)",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in top
+    for url in re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', top):
+        assert url.startswith("https://raw.githubusercontent.com/")
+        assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
+    entry = json.loads((ROOT / "LCKDSegmentation.json").read_text())
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
+    assert entry["category"] == "Segmentation" and entry["scm_revision"] == "main"
+    assert entry["build_dependencies"] == ["PyTorch"] and entry["scm_url"].endswith(".git")
+
+
+def _png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_icons_and_screenshot():
+    assert _png_size(MODULE / "Resources" / "Icons" / "LCKDSegmentation.png") == (128, 128)
+    assert _png_size(ROOT / "Resources" / "LCKDSegmentation.png") == (128, 128)
+    width, height = _png_size(ROOT / "Resources" / "Screenshot.png")
+    assert width >= 400 and height >= 200
+
+
+def test_terminology_file_has_the_standard_codes():
+    document = json.loads((MODULE / "Resources" / "LCKDSegmentation.term.json").read_text())
+    types = {(t["CodingSchemeDesignator"], t["CodeValue"]): t for category in document["SegmentationCodes"]["Category"]
+             for t in category["Type"]}
+    assert {("SCT", "6574001"), ("SCT", "79654002"), ("NCIt", "C113842"), ("NCIt", "C81175")} <= set(types)
+    assert all(len(t["recommendedDisplayRGBValue"]) == 3 for t in types.values())
+
+
+# -- the module file: static checks of what only Slicer runs ----------------------------------------
+
+def _module_tree():
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def test_ui_file_has_every_widget_the_module_uses_and_binds_the_parameter_node():
+    widgets = {element.get("name") for element in ElementTree.parse(
+        MODULE / "Resources" / "UI" / "LCKDSegmentation.ui").iter("widget")}
+    source = MODULE_FILE.read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used |= {name for name in re.findall(r'"(\w+Selector)"', source)}
+    assert used and sorted(used - widgets) == []
+    tree = ElementTree.parse(MODULE / "Resources" / "UI" / "LCKDSegmentation.ui")
+    bound = {prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"}
+    fields = set()
+    for node in _module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == "LCKDSegmentationParameterNode":
+            fields = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    assert bound == fields == {"flairVolume", "t1Volume", "t1ceVolume", "t2Volume", "outputSegmentation",
+                               "brats2023Labels", "postprocess"}
+
+
+def test_module_file_has_the_four_classes_and_imports_nothing_heavy():
+    tree = _module_tree()
+    classes = {node.name: [base.id if isinstance(base, ast.Name) else ast.unparse(base) for base in node.bases]
+               for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes["LCKDSegmentation"] == ["ScriptedLoadableModule"]
+    assert classes["LCKDSegmentationWidget"][0] == "ScriptedLoadableModuleWidget"
+    assert classes["LCKDSegmentationLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["LCKDSegmentationTest"] == ["ScriptedLoadableModuleTest"]
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_level.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Try):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom):
+                    top_level.add(inner.module.split(".")[0])
+    assert top_level <= {"logging", "pathlib", "typing", "qt", "ctk", "slicer", "vtk"}, top_level
+    assert "runTest" in MODULE_FILE.read_text() and "startupCompleted()" in MODULE_FILE.read_text()
+
+
+def test_library_never_imports_torch_and_imports_nibabel_only_when_used():
+    for path in sorted(LIB.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                assert name.split(".")[0] not in {"torch", "monai", "nibabel", "safetensors", "qt", "ctk",
+                                                  "slicer", "vtk"}, f"{path.name} imports {name} at import time"
+        source = path.read_text()
+        if path.name != "selfTest.py":  # the self-test builds a tiny model in a child process
+            assert "import torch" not in source, path.name
+
+
+BLOCKED_IMPORTS = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "monai", "nibabel", "safetensors", "qt"}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [%r, %r]
+import importlib
+for name in ["dependencies", "logic", "modelCard", "modelCatalog", "regionVolumes", "sampleData",
+             "segmentationImport", "segmenterProcess", "selfTest", "sequenceAssignment", "volumeExport"]:
+    importlib.import_module("LCKDSegmentationLib." + name)
+from LCKDSegmentationLib.modelCard import readModelSummary, expectationText
+summary = readModelSummary(%r)
+print(summary.name, expectationText(summary, ["flair", "t1ce"]).splitlines()[0])
+"""
+
+
+def test_library_works_in_slicer_before_its_packages_are_installed():
+    """Inside Slicer, before nibabel/torch are installed, the module still loads and shows the model card."""
+    script = BLOCKED_IMPORTS % (str(MODULE), str(ROOT / "Testing"), str(DEMO_MODEL))
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("lckd-phantom-demo Expected Dice with FLAIR + T1ce: ET")
+
+
+def _pyenv(version):
+    found = sorted(Path.home().glob(f".pyenv/versions/{version}*/bin/python"))
+    return found[-1] if found else shutil.which(f"python{version}")
+
+
+SMOKE = """
+import sys
+sys.path.insert(0, %r)
+from LCKDSegmentationLib.sequenceAssignment import autoAssign, checkAssignment
+from LCKDSegmentationLib.modelCatalog import loadCatalog, localPath
+from LCKDSegmentationLib.modelCard import _headerCard
+from LCKDSegmentationLib.dependencies import requirements
+from LCKDSegmentationLib.segmenterProcess import SegmenterProcess
+assert autoAssign(["x_t1ce", "x_flair"]) == {"t1ce": "x_t1ce", "flair": "x_flair"}
+entry = loadCatalog()[0]
+assert _headerCard(localPath(entry))["name"] == entry.name
+assert requirements()
+process = SegmenterProcess([sys.executable, "-c", "print('{\\"event\\": \\"done\\"}')"])
+assert process.wait(timeout=60) == {"event": "done"}
+print("ok", sys.version_info[:2])
+"""
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.12"])
+def test_module_code_compiles_and_runs_on_slicer_pythons(version, tmp_path):
+    """Slicer 5.8 ships Python 3.9, Slicer 5.10-5.12 Python 3.12: compile every module file with both, and
+    run the parts that need only the standard library (no numpy there)."""
+    python = _pyenv(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here")
+    files = [MODULE_FILE, *sorted(LIB.glob("*.py")), *sorted((MODULE / "lckd").rglob("*.py"))]
+    environment = dict(os.environ, PYTHONPYCACHEPREFIX=str(tmp_path))  # no .pyc beside the sources
+    completed = subprocess.run([str(python), "-m", "py_compile", *map(str, files)], capture_output=True, text=True,
+                               env=environment)
+    assert completed.returncode == 0, completed.stderr
+    completed = subprocess.run([str(python), "-c", SMOKE % str(MODULE)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ok")
