@@ -467,12 +467,8 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode.outputSegmentation if self._parameterNode else None
         if node is None:
             return
-        if show:
-            with slicer.util.WaitCursor():
-                node.CreateClosedSurfaceRepresentation()
-        displayNode = node.GetDisplayNode()
-        if displayNode is not None:
-            displayNode.SetVisibility3D(show)
+        with slicer.util.WaitCursor():
+            self.logic.showIn3D(node, show)
 
     # -- models and packages -----------------------------------------------------------------------
 
@@ -542,6 +538,9 @@ class LCKDSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def modelSummary(self, path):
         return self.implementation.modelSummary(path)
+
+    def showIn3D(self, segmentationNode, show=True):
+        self.implementation.showIn3D(segmentationNode, show)
 
     def start(self, volumes, options):
         return self.implementation.start(volumes, options)

@@ -211,6 +211,13 @@ def test_import_makes_coded_segments_on_the_reference_geometry_in_its_study(case
     assert found == {"necrosis": ("SCT", "6574001", (216, 101, 79), "NCR"),
                      "oedema": ("SCT", "79654002", (128, 174, 128), "ED"),
                      "enhancing tumour": ("NCIt", "C113842", (241, 214, 145), "ET")}
+    LCKDSegmentationLogic.showIn3D(node)  # what "Show 3D" does
+    for index in range(segmentation.GetNumberOfSegments()):
+        surface = segmentation.GetNthSegment(index).GetRepresentation("Closed surface")
+        assert surface is not None and surface.GetNumberOfPoints() > 0
+    assert node.GetDisplayNode().GetVisibility3D()
+    LCKDSegmentationLogic.showIn3D(node, False)
+    assert not node.GetDisplayNode().GetVisibility3D()
     names = vtk.vtkStringArray()
     terminologies.GetLoadedTerminologyNames(names)
     assert context in [names.GetValue(i) for i in range(names.GetNumberOfValues())]

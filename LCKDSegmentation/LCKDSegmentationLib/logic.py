@@ -18,7 +18,7 @@ from lckd.sequences import SEQUENCE_TITLES, SEQUENCES
 
 from .modelCard import ModelSummary, readModelSummary
 from .regionVolumes import regionVolumesMl
-from .segmentationImport import importLabelMap
+from .segmentationImport import ensureConverterRules, importLabelMap
 from .segmenterProcess import EventCallback, SegmenterProcess, pythonExecutable
 from .sequenceAssignment import checkAssignment
 from .volumeExport import exportVolume
@@ -202,6 +202,17 @@ class LCKDSegmentationLogic:
                 reference=job.reference, seconds=time.monotonic() - job.started, event=event)
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
+
+    @staticmethod
+    def showIn3D(segmentationNode, show: bool = True) -> None:
+        """Build the segments' closed surfaces (once) and show or hide them in 3-D views."""
+        if show:
+            ensureConverterRules()
+            if not segmentationNode.CreateClosedSurfaceRepresentation():
+                raise RuntimeError("Could not build the segments' surfaces.")
+        displayNode = segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility3D(bool(show))
 
     def segment(self, scene, volumes: Mapping[str, object], options: SegmentationOptions,
                 onProgress: Optional[ProgressCallback] = None, name: Optional[str] = None,

@@ -51,9 +51,11 @@ class ModelEntry:
         """Licence, training data, inputs and measured times, for a tooltip or an info box."""
         lines = [self.title, f"Version {self.version}; licence {self.licence}.",
                  f"Training data: {self.trainingData}.", f"Inputs: {self.inputs}."]
-        measured = ", ".join(f"{key}: {value}" for key, value in self.times.items() if value is not None)
+        measured = [f"{device} {self.times[key]} s" for key, device in (("cpu_s", "CPU"), ("gpu_s", "GPU"))
+                    if self.times.get(key) is not None]
         if measured:
-            lines.append(f"Measured times: {measured}.")
+            where = self.times.get("measured_on")
+            lines.append(f"Measured time per case: {', '.join(measured)}" + (f" ({where})." if where else "."))
         lines.append("Shipped with the extension." if self.bundled else f"Downloaded from {self.url}.")
         return "\n".join(lines)
 

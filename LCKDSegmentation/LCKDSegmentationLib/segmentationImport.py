@@ -74,6 +74,20 @@ def _sharesGrid(referenceVolumeNode, labels: np.ndarray, affine: np.ndarray) -> 
     return bool(np.allclose(worldIJKToRAS(referenceVolumeNode), affine, atol=1e-3))
 
 
+def ensureConverterRules() -> None:
+    """Register Slicer's labelmap <-> surface conversion rules where nobody did (the application's
+    Segmentations module does it at start-up; a bare MRML library such as slicer-core does not).
+    A segmentation copies the rules when it is created, so this runs before one is created."""
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    rules = factory.GetConverterRules()
+    if rules is not None and len(rules) > 0:
+        return
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
 def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, attributes: Optional[Dict] = None):
     """A new segmentation node from a BraTS label map file; returns it. Nothing is left behind on failure."""
     import nibabel as nib
@@ -94,6 +108,7 @@ def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, 
     segmentationNode = None
     try:
         labelNode.SetAndObserveTransformNodeID(transformNodeId)
+        ensureConverterRules()
         segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         segmentationNode.SetAndObserveTransformNodeID(transformNodeId)
         segmentationNode.CreateDefaultDisplayNodes()
