@@ -355,7 +355,9 @@ def test_extension_metadata_and_catalog_entry():
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(LCKDSegmentation)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in top
-    for url in re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', top):
+    urls = " ".join(re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', top)).split()
+    assert len(urls) >= 2
+    for url in urls:
         assert url.startswith("https://raw.githubusercontent.com/")
         assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
     entry = json.loads((ROOT / "LCKDSegmentation.json").read_text())
@@ -373,8 +375,9 @@ def _png_size(path):
 def test_icons_and_screenshot():
     assert _png_size(MODULE / "Resources" / "Icons" / "LCKDSegmentation.png") == (128, 128)
     assert _png_size(ROOT / "Resources" / "LCKDSegmentation.png") == (128, 128)
-    width, height = _png_size(ROOT / "Resources" / "Screenshot.png")
-    assert width >= 400 and height >= 200
+    for picture in ("Screenshot.png", "SlicerModuleResult.png"):
+        width, height = _png_size(ROOT / "Resources" / picture)
+        assert width >= 400 and height >= 200
 
 
 def test_terminology_file_has_the_standard_codes():
