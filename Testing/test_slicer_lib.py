@@ -511,3 +511,61 @@ def test_module_code_compiles_and_runs_on_slicer_pythons(version, tmp_path):
     completed = subprocess.run([str(python), "-c", SMOKE % str(MODULE)], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("ok")
+
+
+STAND_IN_SLICER = {
+    "SlicerConfig.cmake": """
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/GenerateConfig.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/CPack.cmake")
+set(Slicer_FOUND TRUE)
+""",
+    "UseSlicer.cmake": """
+set(BUILD_TESTING ON)
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(file IN LISTS MY_SCRIPTS MY_RESOURCES)
+    if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${file}")
+      message(FATAL_ERROR "listed but missing: ${file}")
+    endif()
+    file(APPEND "${CMAKE_BINARY_DIR}/packaged.txt" "${file}\\n")
+  endforeach()
+  file(APPEND "${CMAKE_BINARY_DIR}/module.txt" "${MY_NAME} generic-tests=${MY_WITH_GENERIC_TESTS}\\n")
+endmacro()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  file(APPEND "${CMAKE_BINARY_DIR}/module.txt" "unittest ${MY_SCRIPT}\\n")
+endfunction()
+""",
+    "GenerateConfig.cmake": """
+foreach(name HOMEPAGE CATEGORY CONTRIBUTORS DESCRIPTION ICONURL SCREENSHOTURLS DEPENDS)
+  if(NOT EXTENSION_${name})
+    message(FATAL_ERROR "EXTENSION_${name} is not set")
+  endif()
+  file(APPEND "${CMAKE_BINARY_DIR}/extension.txt" "${name}=${EXTENSION_${name}}\\n")
+endforeach()
+""",
+    "CPack.cmake": 'file(APPEND "${CMAKE_BINARY_DIR}/extension.txt" "cpack\\n")\n',
+}
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake here")
+def test_cmake_configures_against_a_stand_in_slicer(tmp_path):
+    """The real CMake reads both CMakeLists.txt files; a stand-in Slicer records what would be packaged."""
+    slicer_dir = tmp_path / "Slicer"
+    slicer_dir.mkdir()
+    for name, text in STAND_IN_SLICER.items():
+        (slicer_dir / name).write_text(text)
+    build = tmp_path / "build"
+    completed = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={slicer_dir}"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    packaged = set((build / "packaged.txt").read_text().split())
+    needed = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+              and p.relative_to(MODULE).parts[0] != "Testing" and p.name != "CMakeLists.txt"}
+    assert packaged == needed
+    assert (build / "module.txt").read_text().split("\n")[:2] == ["LCKDSegmentation generic-tests=TRUE",
+                                                                  "unittest LCKDSegmentation.py"]
+    extension = (build / "extension.txt").read_text()
+    assert "DEPENDS=PyTorch" in extension and "CATEGORY=Segmentation" in extension and "cpack" in extension
