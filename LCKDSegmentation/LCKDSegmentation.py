@@ -40,6 +40,7 @@ SLOTS = (("flair", "flairSelector", "flairVolume"), ("t1", "t1Selector", "t1Volu
 #: Device combo box entries, in the order of the .ui file.
 DEVICES = ("auto", "cuda", "cpu")
 SETTINGS = "LCKDSegmentation/"
+DOCUMENTATION = "https://github.com/lckd-segmentation/LCKDSegmentation/blob/main/Resources/Docs/SlicerModule.md"
 CUSTOM_MODEL = "file"
 
 
@@ -61,7 +62,8 @@ class LCKDSegmentation(ScriptedLoadableModule):
             "loaded: any subset of FLAIR, T1, T1ce and T2. Before you run it, the module shows the accuracy the "
             "model reached on its validation cases with exactly the sequences you have. "
             "<b>Not for clinical use.</b>")
-        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        link = _('See the <a href="{url}">module documentation</a>.').format(url=DOCUMENTATION)
+        self.parent.helpText += f"<p>{link}</p>"
         self.parent.acknowledgementText = _(
             "Implements learnable cross-modal knowledge distillation (LCKD, Wang et al., MICCAI 2023) and "
             "meta-learned modality-weighted knowledge distillation (MetaKD, Wang et al., arXiv:2405.07155). "
@@ -112,6 +114,7 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updating = False
         self.catalog = []
         self._summary = None
+        self._offered = set()  # volumes auto-assignment has already considered (user choices are kept)
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self.pollJob)
@@ -136,7 +139,7 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(device) if device in DEVICES else 0)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
-        self.ui.autoAssignButton.connect("clicked(bool)", lambda checked: self.autoAssign())
+        self.ui.autoAssignButton.connect("clicked(bool)", lambda checked: self.autoAssign(onlyNew=False))
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
@@ -170,6 +173,7 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         if self._job is not None:
             self.onCancel()
+        self._offered.clear()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -201,8 +205,12 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return {sequence: None for sequence, _selector, _name in SLOTS}
         return {sequence: getattr(self._parameterNode, name) for sequence, _selector, name in SLOTS}
 
-    def autoAssign(self):
-        """Fill the empty slots from the loaded volumes' names; filled slots are left as the user set them."""
+    def autoAssign(self, onlyNew=True):
+        """Fill the empty slots from the loaded volumes' names; filled slots are left as the user set them.
+
+        With ``onlyNew`` (on loading and on entering the module), a volume is proposed only once, so a slot
+        the user emptied on purpose stays empty; the button proposes every loaded volume again.
+        """
         if not self._parameterNode or self._job is not None:
             return
         from LCKDSegmentationLib.sequenceAssignment import autoAssign
@@ -210,7 +218,9 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selected = self.selectedVolumes()
         used = {node.GetID() for node in selected.values() if node is not None}
         candidates = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                      if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetID() not in used]
+                      if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetID() not in used
+                      and not (onlyNew and node.GetID() in self._offered)]
+        self._offered.update(node.GetID() for node in candidates)
         taken = [sequence for sequence, node in selected.items() if node is not None]
         assignment = autoAssign([node.GetName() for node in candidates], taken=taken)
         byName = {}
