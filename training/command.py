@@ -41,6 +41,9 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--model", type=Path, required=True, metavar="FILE")
     evaluate.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--postprocess", action="store_true",
+                          help="relabel enhancing tumour as necrosis when it has fewer than 500 voxels (as "
+                               "lckd segment --postprocess)")
     evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
@@ -95,8 +98,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]
     with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,
               file=sys.stderr) as bar:
-        result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1))
-    write_evaluation(result, args.out, title=f"{card.name} on {len(prepared)} cases of {args.data.name}")
+        result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1),
+                          postprocess=args.postprocess)
+    title = f"{card.name} on {len(prepared)} cases of {args.data.name}{', post-processed' if args.postprocess else ''}"
+    write_evaluation(result, args.out, title=title)
     average = result["average"]
     sys.stdout.write(f"15-subset average Dice: ET {average['ET']:.3f}, TC {average['TC']:.3f}, "
                      f"WT {average['WT']:.3f}; written to {args.out}\n")

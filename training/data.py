@@ -126,7 +126,7 @@ def load_cached(path: Path) -> CachedCase:
     path = Path(path)
     with np.load(path) as data:
         if not data["present"].all():
-            raise InputError(f"{path}: training cases need all four sequences")
+            raise InputError(f"{path}: training and evaluation need cases with all four sequences")
         tumour = tuple(data[name] for name in REGIONS)
     stem = path.parent / path.stem
     return CachedCase(path=path, images=np.load(f"{stem}{IMAGES_SUFFIX}", mmap_mode="r"),

@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 
 from lckd.inference import sliding_window_probabilities
-from lckd.labels import labels_from_regions, regions_from_labels
+from lckd.labels import labels_from_regions, regions_from_labels, relabel_small_enhancing
 from lckd.network import LCKDNet
 from lckd.sequences import all_subsets, presence_mask, subset_key
 
@@ -55,8 +55,12 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
 @torch.no_grad()
 def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[int], spacing_mm: float,
              device: torch.device, subsets: Optional[Sequence[Sequence[str]]] = None,
-             on_step: Optional[Callable[[], None]] = None) -> Dict[str, object]:
-    """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...}``."""
+             on_step: Optional[Callable[[], None]] = None, postprocess: bool = False) -> Dict[str, object]:
+    """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...}``.
+
+    ``postprocess`` applies the BraTS rule of ``lckd segment --postprocess`` (fewer than 500
+    enhancing-tumour voxels become necrosis), counted on the evaluation grid.
+    """
     was_training = model.training
     model.eval()
     subsets = list(subsets or all_subsets())
@@ -68,7 +72,8 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
         truth = regions_from_labels(case.labels)
         for subset in subsets:
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size)
-            found = regions_from_labels(labels_from_regions(probabilities.cpu().numpy()))
+            labels = labels_from_regions(probabilities.cpu().numpy())
+            found = regions_from_labels(relabel_small_enhancing(labels) if postprocess else labels)
             key = subset_key(subset)
             for region in REPORTED_REGIONS:
                 index = _REGION_INDEX[region]
@@ -82,4 +87,5 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
     hd = {k: {r: round(v / n, 2) for r, v in per.items()} for k, per in hd_sum.items()}
     average = {r: round(float(np.mean([table[k][r] for k in table])), 4) for r in REPORTED_REGIONS}
     hd_average = {r: round(float(np.mean([hd[k][r] for k in hd])), 2) for r in REPORTED_REGIONS}
-    return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": len(cases)}
+    return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": len(cases),
+            "postprocess": postprocess}
