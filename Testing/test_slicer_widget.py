@@ -1,0 +1,601 @@
+# ruff: noqa: N802, N803  (the stand-ins have Qt's and Slicer's method names)
+"""The module file LCKDSegmentation.py driven outside Slicer: the real MRML scene of `slicer-core`, the real
+logic and a fake `lckd` segmenter, with stand-ins for what only the application has (Qt widgets built
+from the .ui file's names, QSettings, dialogs, the ScriptedLoadableModule base classes, the parameter
+node wrapper). It checks the widget's own behaviour: auto-assignment, refusals, the expected-Dice
+panel, Segment -> Cancel -> Segment, progress and log, results table, out-of-memory retry on the CPU,
+Show 3D, weights from a file, the download after consent, and start-up registration.
+
+What the stand-ins cannot show (real Qt/PythonQt behaviour, the real parameter node wrapper, dialogs
+and views) remains checked only statically; see Resources/Docs/SlicerModule.md."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import sys
+import time
+import types
+import unittest
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+import vtk  # noqa: E402
+from test_slicer_logic import FAKE_SEGMENTER, RAS_2MM, add_volume  # noqa: E402
+
+from conftest import make_tiny_model_file, synthetic_head  # noqa: E402
+from LCKDSegmentationLib import modelCatalog  # noqa: E402
+from LCKDSegmentationLib.selfTest import sceneSnapshot, syntheticValidationTable  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("slicer")
+MODULE = Path(__file__).resolve().parents[1] / "LCKDSegmentation"
+
+
+# -- stand-ins for Qt widgets (only the methods the module may call: a typo fails) ---------------------
+
+class Widget:
+    def __init__(self, name):
+        self.objectName = name
+        self.enabled = True
+        self.toolTip = ""
+        self.text = ""
+        self.checked = False
+        self.collapsed = False
+        self.connections = {}
+
+    def connect(self, signal, slot):
+        self.connections.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        """Call the slots as PythonQt does: a slot taking fewer arguments gets the first ones only."""
+        for slot in self.connections.get(signal, []):
+            parameters = inspect.signature(slot).parameters.values()
+            if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+                slot(*args)
+            else:
+                slot(*args[:len([p for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD])])
+
+    def setMRMLScene(self, scene):
+        self.scene = scene
+
+
+class PushButton(Widget):
+    def click(self):
+        self.emit("clicked(bool)", False)
+
+
+class CheckBox(Widget):
+    pass
+
+
+class ComboBox(Widget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.items = []  # [text, data, tooltip]
+        self.currentIndex = -1
+        self.blocked = False
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def blockSignals(self, blocked):
+        self.blocked = blocked
+
+    def clear(self):
+        self.items = []
+        self.setCurrentIndex(-1)
+
+    def addItem(self, text, data=None):
+        self.items.append([text, data, None])
+        if self.currentIndex < 0:
+            self.setCurrentIndex(0)
+
+    def setItemData(self, index, value, role):
+        assert role == Qt.ToolTipRole
+        self.items[index][2] = value
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def itemText(self, index):
+        return self.items[index][0]
+
+    def findData(self, data):
+        return next((i for i, item in enumerate(self.items) if item[1] == data), -1)
+
+    def setCurrentIndex(self, index):
+        changed = index != self.currentIndex
+        self.currentIndex = index
+        if changed and not self.blocked:
+            self.emit("currentIndexChanged(int)", index)
+
+
+class DeviceComboBox(ComboBox):
+    def __init__(self, name, texts):
+        super().__init__(name)
+        for text in texts:
+            self.addItem(text)
+
+
+class Label(Widget):
+    pass
+
+
+class ProgressBar(Widget):
+    value = 0
+
+    def setValue(self, value):
+        assert 0 <= value <= 100
+        self.value = value
+
+
+class PlainTextEdit(Widget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.lines = []
+
+    def clear(self):
+        self.lines = []
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+
+class Header:
+    def setStretchLastSection(self, stretch):
+        pass
+
+    def setVisible(self, visible):
+        pass
+
+
+class TableWidget(Widget):
+    def __init__(self, name):
+        super().__init__(name)
+        self.cells = {}
+        self.rows = 0
+
+    def setColumnCount(self, count):
+        self.columns = count
+
+    def setHorizontalHeaderLabels(self, labels):
+        assert len(labels) == self.columns
+
+    def horizontalHeader(self):
+        return Header()
+
+    def verticalHeader(self):
+        return Header()
+
+    def setEditTriggers(self, triggers):
+        pass
+
+    def setRowCount(self, rows):
+        self.rows = rows
+
+    def setItem(self, row, column, item):
+        assert row < self.rows and column < self.columns
+        self.cells[(row, column)] = item.text
+
+
+class NodeComboBox(Widget):
+    pass
+
+
+WIDGETS = {"QPushButton": PushButton, "QCheckBox": CheckBox, "QComboBox": ComboBox, "QLabel": Label,
+           "QProgressBar": ProgressBar, "QPlainTextEdit": PlainTextEdit, "QTableWidget": TableWidget,
+           "qMRMLNodeComboBox": NodeComboBox, "ctkCollapsibleButton": Widget, "qMRMLWidget": Widget}
+
+
+def load_ui(path):
+    """Fake widgets named and typed as in the .ui file."""
+    root = None
+    widgets = {}
+    for element in ElementTree.parse(path).iter("widget"):
+        name, kind = element.get("name"), element.get("class")
+        texts = [item.find("property/string").text for item in element.findall("item")]
+        widget = DeviceComboBox(name, texts) if kind == "QComboBox" and texts else WIDGETS[kind](name)
+        if root is None:
+            root = widget
+        widgets[name] = widget
+    root.children = widgets
+    return root
+
+
+class Qt:
+    ToolTipRole = 3
+
+
+class Settings:
+    store = {}
+
+    def value(self, key, default=None):
+        return self.store.get(key, default)
+
+    def setValue(self, key, value):
+        self.store[key] = value
+
+
+class Timer:
+    def __init__(self):
+        self.active = False
+        self.connections = []
+
+    def setInterval(self, milliseconds):
+        pass
+
+    def connect(self, signal, slot):
+        assert signal == "timeout()"
+        self.connections.append(slot)
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    @staticmethod
+    def singleShot(milliseconds, function):
+        function()
+
+
+class TableWidgetItem:
+    def __init__(self, text):
+        self.text = text
+
+
+def make_qt(open_file):
+    qt = types.ModuleType("qt")
+    qt.QTimer = Timer
+    qt.QSettings = Settings
+    qt.Qt = Qt
+    qt.QTableWidgetItem = TableWidgetItem
+    qt.QAbstractItemView = SimpleNamespace(NoEditTriggers=0)
+    qt.QFileDialog = SimpleNamespace(getOpenFileName=lambda *args: open_file["path"])
+    qt.QUrl = SimpleNamespace(fromLocalFile=lambda path: ("url", path))
+    qt.QDesktopServices = SimpleNamespace(openUrl=lambda url: open_file.setdefault("opened", []).append(url))
+    return qt
+
+
+# -- stand-ins for Slicer's module base classes and parameter node wrapper ----------------------------
+
+def make_scripted_loadable_module(scene):
+    module = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent or SimpleNamespace(isEntered=True)
+            self.layout = SimpleNamespace(addWidget=lambda widget: None)
+
+        def setup(self):
+            pass
+
+        def resourcePath(self, name):
+            return str(MODULE / "Resources" / name)
+
+    class ScriptedLoadableModuleLogic:
+        def getParameterNode(self):
+            node = scene.GetSingletonNode("LCKDSegmentation", "vtkMRMLScriptedModuleNode")
+            if node is None:
+                node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+                node.UnRegister(None)
+                node.SetSingletonTag("LCKDSegmentation")
+                node = scene.AddNode(node)
+            return node
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message):
+            pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(module, cls.__name__, cls)
+    return module
+
+
+_VALUES = {}
+
+
+def parameter_node_wrapper(cls):
+    """Typed attributes kept per parameter node; setting one modifies the node (as the real wrapper does)."""
+    fields = {name: getattr(cls, name, None) for name in cls.__annotations__}
+
+    def __init__(self, node):  # noqa: N807
+        object.__setattr__(self, "parameterNode", node)
+        _VALUES.setdefault(node.GetID(), dict(fields))
+
+    def __getattr__(self, name):  # noqa: N807
+        values = _VALUES[self.parameterNode.GetID()]
+        if name not in values:
+            raise AttributeError(name)
+        return values[name]
+
+    def __setattr__(self, name, value):  # noqa: N807
+        values = _VALUES[self.parameterNode.GetID()]
+        if name not in values:
+            raise AttributeError(f"{name} is not a parameter")
+        values[name] = value
+        self.parameterNode.Modified()
+
+    members = dict(__init__=__init__, __getattr__=__getattr__, __setattr__=__setattr__,
+                   connectGui=lambda self, gui: 1, disconnectGui=lambda self, tag: None,
+                   AddObserver=lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
+                       event, callback, priority),
+                   RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag),
+                   StartModify=lambda self: self.parameterNode.StartModify(),
+                   EndModify=lambda self, wasModified: self.parameterNode.EndModify(wasModified))
+    return type(cls.__name__, (), members)
+
+
+class Dialogs:
+    """What the user answers, and what the module showed."""
+
+    def __init__(self):
+        self.agree = True
+        self.shown = []
+
+    def confirm(self, text, *args, **kwargs):
+        self.shown.append(("confirm", text))
+        return self.agree
+
+    def error(self, text, *args, **kwargs):
+        self.shown.append(("error", text))
+
+    def info(self, text, *args, **kwargs):
+        self.shown.append(("info", text))
+
+
+class ProgressDialog:
+    def __init__(self, **kwargs):
+        self.values = []
+        self.wasCanceled = False
+
+    def setValue(self, value):
+        self.values.append(value)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def harness(monkeypatch, tmp_path):
+    """The module imported with stand-ins; yields (module, scene, dialogs, state)."""
+    scene = slicer.vtkMRMLScene()
+    dialogs = Dialogs()
+    state = {"path": "", "layers": [], "startup": [], "samples": [], "progress": []}
+    monkeypatch.setattr(Settings, "store", {})
+    _VALUES.clear()  # parameter values of earlier tests' scenes
+    monkeypatch.setitem(sys.modules, "qt", make_qt(state))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", make_scripted_loadable_module(scene))
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper",
+                        SimpleNamespace(parameterNodeWrapper=parameter_node_wrapper))
+    monkeypatch.setitem(sys.modules, "SampleData", SimpleNamespace(SampleDataLogic=SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kwargs: state["samples"].append(kwargs))))
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(connect=lambda signal, slot: state["startup"].append(slot),
+                                                       processEvents=lambda: None, slicerHome=str(tmp_path)),
+                        raising=False)
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    monkeypatch.setattr(slicer, "modules", SimpleNamespace(terminologies=SimpleNamespace(
+        logic=lambda: terminologies)), raising=False)
+    util = slicer.util
+    monkeypatch.setattr(util, "loadUI", load_ui)
+    monkeypatch.setattr(util, "childWidgetVariables", lambda root: SimpleNamespace(**root.children))
+    monkeypatch.setattr(util, "WaitCursor", contextlib.nullcontext)
+    monkeypatch.setattr(util, "confirmOkCancelDisplay", dialogs.confirm)
+    monkeypatch.setattr(util, "confirmYesNoDisplay", dialogs.confirm)
+    monkeypatch.setattr(util, "errorDisplay", dialogs.error)
+    monkeypatch.setattr(util, "infoDisplay", dialogs.info)
+    monkeypatch.setattr(util, "createProgressDialog", lambda **kwargs: state.setdefault("dialog", ProgressDialog()))
+    monkeypatch.setattr(util, "setSliceViewerLayers", lambda **kwargs: state["layers"].append(kwargs))
+    monkeypatch.setenv(modelCatalog.CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr("LCKDSegmentationLib.dependencies.ensureDependencies", lambda **kwargs: True)
+    # the fake segmenter (see test_slicer_logic.py) stands in for `lckd segment`
+    library = tmp_path / "fake-library"
+    (library / "lckd").mkdir(parents=True)
+    (library / "lckd" / "__init__.py").write_text("")
+    (library / "lckd" / "__main__.py").write_text(FAKE_SEGMENTER)
+    monkeypatch.setenv("LCKD_FAKE_RECORD", str(tmp_path / "record.json"))
+    monkeypatch.setenv("LCKD_FAKE_CHILD", str(tmp_path / "child.pid"))
+    state["library"] = library
+    monkeypatch.syspath_prepend(str(MODULE))
+    sys.modules.pop("LCKDSegmentation", None)
+    module = importlib.import_module("LCKDSegmentation")
+    state["widgets"] = []
+    yield module, scene, dialogs, state
+    for widget in state["widgets"]:  # as Slicer does when the module is unloaded
+        widget.cleanup()
+    sys.modules.pop("LCKDSegmentation", None)
+
+
+def make_widget(module, state):
+    widget = module.LCKDSegmentationWidget()
+    state["widgets"].append(widget)
+    widget.setup()
+    assert widget.logic.implementation.python == sys.executable  # no PythonSlicer in this "Slicer"
+    widget.logic.implementation.libraryFolder = state["library"]
+    widget.logic.implementation.python = sys.executable
+    return widget
+
+
+def add_case(scene):
+    shape = (40, 44, 36)
+    return {sequence: add_volume(scene, name, synthetic_head(shape, RAS_2MM, seed=index), RAS_2MM)
+            for index, (sequence, name) in enumerate([("flair", "Case FLAIR"), ("t1", "Case T1"),
+                                                      ("t1ce", "Case T1 post Gd"), ("t2", "Case T2")])}
+
+
+def run_until_done(widget, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while widget._job is not None and time.monotonic() < deadline:
+        widget.pollJob()
+        time.sleep(0.02)
+    assert widget._job is None, "the segmenter did not finish"
+
+
+def test_module_registers_terminology_and_sample_data_at_startup(harness):
+    module, scene, dialogs, state = harness
+    module.LCKDSegmentation(SimpleNamespace())
+    assert state["startup"] == [module.registerStartupItems]  # nothing happens before start-up completes
+    module.registerStartupItems()
+    names = vtk.vtkStringArray()
+    slicer.modules.terminologies.logic().GetLoadedTerminologyNames(names)
+    assert "LCKDSegmentation brain tumour" in [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+    assert state["samples"][0]["sampleName"] == "LCKDPhantom"
+
+
+def test_widget_assigns_refuses_and_explains(harness):
+    module, scene, dialogs, state = harness
+    volumes = add_case(scene)
+    widget = make_widget(module, state)
+    ui, parameters = widget.ui, widget._parameterNode
+    assert ui.segmentButton.enabled is False and ui.problemLabel.text == ""
+    widget.enter()
+    assigned = {sequence: getattr(parameters, name) for sequence, _, name in module.SLOTS}
+    assert assigned == volumes
+    assert ui.segmentButton.enabled is True and ui.segmentButton.text == "Segment"
+    assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: ET 0.50")
+    assert "Elected teachers" in ui.modelInfoLabel.text
+
+    parameters.t2Volume = volumes["flair"]  # one volume in two slots
+    assert ui.segmentButton.enabled is False and "same volume is selected as FLAIR and T2" in ui.problemLabel.text
+    parameters.t2Volume = None
+    assert ui.segmentButton.enabled is True and ui.problemLabel.text == ""
+    assert "Missing T2" in ui.expectationLabel.text and "cost" in ui.expectationLabel.text
+
+    parameters.flairVolume = None  # the user empties a slot on purpose
+    add_volume(scene, "DWI", synthetic_head((40, 44, 36), RAS_2MM), RAS_2MM)  # then loads something else
+    assert parameters.flairVolume is None
+    widget.enter()
+    assert parameters.flairVolume is None  # the volume taken out is not proposed again
+    ui.autoAssignButton.click()  # asked for explicitly: every volume is proposed again
+    assert parameters.flairVolume is volumes["flair"]
+    parameters.flairVolume = None
+    other = add_volume(scene, "Other FLAIR", synthetic_head((40, 44, 36), RAS_2MM), RAS_2MM)
+    assert parameters.flairVolume is other  # a newly loaded FLAIR fills the empty slot
+    ui.deviceComboBox.setCurrentIndex(2)
+    assert Settings.store["LCKDSegmentation/device"] == "cpu"
+
+
+def test_widget_segments_cancels_and_shows_results(harness, monkeypatch):
+    module, scene, dialogs, state = harness
+    volumes = add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    ui = widget.ui
+
+    monkeypatch.setenv("LCKD_FAKE_MODE", "hang")
+    before = sceneSnapshot(scene)
+    ui.segmentButton.click()
+    assert widget._job is not None and widget._timer.active
+    assert ui.segmentButton.text == "Cancel" and ui.segmentButton.enabled is True
+    assert ui.t1Selector.enabled is False and ui.modelComboBox.enabled is False
+    deadline = time.monotonic() + 30
+    while widget._job.process.stage != "infer" and time.monotonic() < deadline:
+        widget.pollJob()
+        time.sleep(0.02)
+    assert "working" in ui.logTextEdit.lines and ui.progressBar.value == 15
+    ui.segmentButton.click()  # Cancel
+    assert widget._job is None and not widget._timer.active and ui.segmentButton.text == "Segment"
+    assert ui.logTextEdit.lines[-1].startswith("Cancelled") and sceneSnapshot(scene) == before
+
+    monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
+    ui.segmentButton.click()
+    run_until_done(widget)
+    assert ui.progressBar.value == 100 and ui.logTextEdit.lines[-1].startswith("Done in")
+    node = widget._parameterNode.outputSegmentation
+    assert node is not None and node.GetName() == "Case T1 post Gd tumour"
+    assert [ui.volumesTable.cells[(row, 0)] for row in range(3)] == [
+        "Enhancing tumour (ET)", "Tumour core (TC)", "Whole tumour (WT)"]
+    assert float(ui.volumesTable.cells[(2, 1)]) > float(ui.volumesTable.cells[(0, 1)]) > 0
+    assert state["layers"][-1]["background"] is volumes["t1ce"]
+    ui.show3DButton.checked = True
+    ui.show3DButton.emit("toggled(bool)", True)
+    assert node.GetSegmentation().GetNthSegment(0).GetRepresentation("Closed surface") is not None
+    assert node.GetDisplayNode().GetVisibility3D()
+
+
+def test_widget_offers_the_cpu_after_gpu_out_of_memory(harness, monkeypatch):
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    widget.ui.deviceComboBox.setCurrentIndex(1)  # GPU
+    monkeypatch.setenv("LCKD_FAKE_MODE", "oom")
+    widget.ui.segmentButton.click()
+    assert widget._job.options.device == "cuda"
+    monkeypatch.setenv("LCKD_FAKE_MODE", "ok")  # the retry starts while the failed run is being finished
+    deadline = time.monotonic() + 30
+    while widget._job is not None and widget._job.options.device == "cuda" and time.monotonic() < deadline:
+        widget.pollJob()
+        time.sleep(0.02)
+    assert any("ran out of memory" in text for kind, text in dialogs.shown if kind == "confirm")
+    assert widget._job is not None and widget._job.options.device == "cpu"
+    run_until_done(widget)
+    assert widget._parameterNode.outputSegmentation is not None
+
+    monkeypatch.setenv("LCKD_FAKE_MODE", "error")
+    widget.ui.segmentButton.click()
+    run_until_done(widget)
+    assert dialogs.shown[-1][0] == "error" and "the FLAIR is empty" in dialogs.shown[-1][1]
+
+
+def test_widget_models_from_file_and_download_after_consent(harness, monkeypatch, tmp_path):
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    ui = widget.ui
+    assert ui.modelComboBox.itemData(0) == "lckd-phantom-demo" and ui.modelComboBox.count == 1
+
+    state["path"] = str(tmp_path / "model.pt")
+    Path(state["path"]).write_bytes(b"\x80\x04" + b"\0" * 64)
+    ui.loadWeightsButton.click()
+    assert dialogs.shown[-1][0] == "error" and "model.pt" in dialogs.shown[-1][1] and ui.modelComboBox.count == 1
+
+    tiny = make_tiny_model_file(tmp_path / "tiny.safetensors", validation=syntheticValidationTable())
+    state["path"] = str(tiny)
+    ui.loadWeightsButton.click()
+    assert ui.modelComboBox.count == 2 and ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == "file"
+    assert widget.localModelPath() == tiny and "tiny" in ui.modelInfoLabel.text
+    assert make_widget(module, state).ui.modelComboBox.itemData(1) == "file"  # remembered
+
+    entry = modelCatalog.ModelEntry(name="tiny-remote", version="1", title="Tiny (remote)", sha256=modelCatalog.sha256(
+        tiny), licence="MIT", trainingData="none", inputs="any", url=tiny.as_uri(), sizeBytes=tiny.stat().st_size)
+    monkeypatch.setattr("LCKDSegmentationLib.modelCatalog.loadCatalog", lambda: [entry])
+    widget.populateModels()
+    ui.modelComboBox.setCurrentIndex(0)
+    assert widget.localModelPath() is None and "Not downloaded yet" in ui.modelInfoLabel.text
+    dialogs.agree = False
+    assert widget.obtainModelPath() is None and not modelCatalog.downloadedFiles()
+    dialogs.agree = True
+    path = widget.obtainModelPath()
+    assert path == modelCatalog.defaultCacheFolder() / "tiny-remote-1.safetensors" and path.is_file()
+    assert state["dialog"].values[-1] == 100 and "Licence: MIT" in dialogs.shown[-1][1]
+    ui.deleteModelsButton.click()
+    assert not path.exists() and "1 downloaded model file(s) deleted." in ui.logTextEdit.lines
+    ui.openModelsFolderButton.click()
+    assert state["opened"][-1] == ("url", str(modelCatalog.defaultCacheFolder()))
+    ui.versionsButton.click()
+    assert dialogs.shown[-1][0] == "info" and "nibabel: " in dialogs.shown[-1][1]
+
+
+def test_logic_class_and_parameter_node(harness):
+    module, scene, dialogs, state = harness
+    logic = module.LCKDSegmentationLogic()
+    parameters = logic.getParameterNode()
+    assert parameters.brats2023Labels is False and parameters.postprocess is False
+    assert logic.getParameterNode().parameterNode is parameters.parameterNode
+    summary = logic.modelSummary(MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors")
+    assert summary.name == "lckd-phantom-demo"
+    assert np.isfinite(summary.expectedDice(["t1"])["ET"])
