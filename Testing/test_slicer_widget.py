@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 import sys
 import time
 import types
@@ -599,3 +600,38 @@ def test_logic_class_and_parameter_node(harness):
     summary = logic.modelSummary(MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors")
     assert summary.name == "lckd-phantom-demo"
     assert np.isfinite(summary.expectedDice(["t1"])["ET"])
+
+
+class SampleDataStandIn:
+    """Slicer's Sample Data module reduced to what the in-Slicer test uses: file:// sources loaded as volumes."""
+
+    sources = {}
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            SampleDataStandIn.sources[kwargs["sampleName"]] = kwargs
+
+        def downloadSamples(self, name):
+            from urllib.parse import urlparse
+            from urllib.request import url2pathname
+
+            import nibabel as nib
+
+            source = SampleDataStandIn.sources[name]
+            nodes = []
+            for uri, node_name in zip(source["uris"], source["nodeNames"]):
+                image = nib.load(url2pathname(urlparse(uri).path))
+                nodes.append(add_volume(slicer.mrmlScene, node_name, np.asarray(image.dataobj), image.affine))
+            return nodes
+
+
+@pytest.mark.skipif(not os.environ.get("LCKD_SLICER_SELFTEST"), reason="about a minute: set LCKD_SLICER_SELFTEST=1")
+def test_in_slicer_self_test_runs_on_the_stand_ins(harness, monkeypatch):
+    """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets)."""
+    module, scene, dialogs, state = harness
+    monkeypatch.setitem(sys.modules, "SampleData", SampleDataStandIn)
+    test = module.LCKDSegmentationTest()
+    monkeypatch.setattr(scene, "Clear", lambda *args: None, raising=False)
+    test.runTest()
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15
