@@ -364,6 +364,10 @@ def test_extension_metadata_and_catalog_entry():
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
     assert entry["category"] == "Segmentation" and entry["scm_revision"] == "main"
     assert entry["build_dependencies"] == ["PyTorch"] and entry["scm_url"].endswith(".git")
+    # the catalog-entry schema v1.0.1 allows no other keys
+    assert set(entry) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                          "build_subdirectory", "enabled", "tier"}
+    assert entry.get("tier", 5) in (1, 3, 5)
 
 
 def _png_size(path):
