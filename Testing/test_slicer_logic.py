@@ -336,7 +336,7 @@ def test_fake_segmenter_run_reports_progress_and_imports(case, fake_logic, tiny_
     record = json.loads((folder / "record.json").read_text())
     args = record["args"]
     assert args[0] == "segment" and Path(record["cwd"]) == folder / "fake-library"
-    assert [args[args.index(f"--{s}") + 1].endswith(f"{s}.nii.gz") for s in ("flair", "t2")] == [True, True]
+    assert [args[args.index(f"--{s}") + 1].endswith(f"{s}.nii") for s in ("flair", "t2")] == [True, True]
     assert "--t1" not in args and "--t1ce" not in args
     pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     assert pairs["--reference"] == "flair" and pairs["--progress"] == "json" and pairs["--device"] == "cpu"

@@ -145,8 +145,9 @@ class LCKDSegmentationLogic:
         reference = referenceSequence(chosen, options.reference)
         folder = Path(tempfile.mkdtemp(prefix="LCKDSegmentation-"))
         try:
-            inputs = {sequence: exportVolume(node, folder / f"{sequence}.nii.gz") for sequence, node in chosen.items()}
-            output = folder / "segmentation.nii.gz"
+            # uncompressed: writing is fast (the application waits for it) and the files are temporary
+            inputs = {sequence: exportVolume(node, folder / f"{sequence}.nii") for sequence, node in chosen.items()}
+            output = folder / "segmentation.nii"
             process = SegmenterProcess(self.command(inputs, output, options, reference), env=self.environment(),
                                        cwd=str(self.libraryFolder), onEvent=onEvent)
         except Exception:
