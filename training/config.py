@@ -41,7 +41,7 @@ class TrainConfig:
     meta_fraction: float = 0.05
     validation_fraction: float = 0.15
     min_held_out: int = 1
-    num_workers: int = 4
+    num_workers: int = 12  # measured best on a 16-core GPU machine (Benchmarks.md); nnU-Net also uses 12
     mixed_precision: bool = True  # CUDA only
     seed: int = 0
 

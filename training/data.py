@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from lckd.cases import CaseFiles, find_cases
 from lckd.errors import InputError
@@ -216,3 +216,12 @@ class IndexSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.end - self.start) * self.batch_size
+
+
+def training_loader(cases: List[CachedCase], config: TrainConfig, augmentation, start_iteration: int, rank: int = 0,
+                    world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Batches for iterations ``start_iteration..config.iterations`` of one rank, loaded by
+    ``config.num_workers`` processes (``pin_memory`` for fast copies to a GPU)."""
+    return DataLoader(PatchDataset(cases, config, augmentation), batch_size=config.batch_size,
+                      sampler=IndexSampler(start_iteration, config.iterations, config.batch_size, rank, world_size),
+                      num_workers=config.num_workers, persistent_workers=False, pin_memory=pin_memory)

@@ -14,11 +14,11 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from lckd.errors import LCKDError
@@ -32,7 +32,7 @@ from . import distributed
 from .augmentation import Augmentation
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, TrainConfig
-from .data import IndexSampler, PatchDataset, load_cached, prepare_data, sample_rng
+from .data import PatchDataset, load_cached, prepare_data, sample_rng, training_loader
 from .election import elect_teachers
 from .evaluation import evaluate
 from .losses import lckd_kd, metakd_kd, segmentation_loss
@@ -52,6 +52,27 @@ class TrainingStep(nn.Module):
     def forward(self, images: torch.Tensor, present: torch.Tensor):
         encoded = self.net.encode(images, present)
         return self.net.decode(encoded), encoded.bottlenecks
+
+
+def optimisation_step(model: nn.Module, optimiser: torch.optim.Optimizer, images: torch.Tensor,
+                      regions: torch.Tensor, present: List[bool],
+                      kd_term: Optional[Callable[[torch.Tensor, List[bool]], torch.Tensor]], kd_weight: float,
+                      use_amp: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward, backward and SGD step on a batch; returns (loss, segmentation loss, KD term).
+
+    ``model`` is a :class:`TrainingStep` (possibly DDP-wrapped); ``kd_term(bottlenecks, present)``
+    gives the KD term from the float32 bottlenecks (None: KD off). bf16 autocast when ``use_amp``.
+    """
+    mask = torch.tensor(present, device=images.device)
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits, bottlenecks = model(images, mask)
+        segmentation = segmentation_loss(logits.float(), regions)
+        kd = kd_term(bottlenecks.float(), present) if kd_term is not None else logits.new_zeros(())
+        loss = segmentation + kd_weight * kd
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss, segmentation, kd
 
 
 def poly_learning_rate(config: TrainConfig, iteration: int) -> float:
@@ -215,10 +236,8 @@ class Trainer:
         if context.distributed:
             model = nn.parallel.DistributedDataParallel(
                 step, device_ids=[context.device.index] if context.device.type == "cuda" else None)
-        loader = DataLoader(PatchDataset(self.cases["train"], config, self.augmentation), batch_size=config.batch_size,
-                            sampler=IndexSampler(self.iteration, config.iterations, config.batch_size, context.rank,
-                                                 context.world_size),
-                            num_workers=config.num_workers, persistent_workers=False)
+        loader = training_loader(self.cases["train"], config, self.augmentation, self.iteration, context.rank,
+                                 context.world_size, pin_memory=context.device.type == "cuda")
         use_amp = config.mixed_precision and context.device.type == "cuda"
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"{self.method} training", unit="it",
                    disable=not (context.is_main and self.progress), mininterval=2.0, file=sys.stderr)
@@ -243,17 +262,11 @@ class Trainer:
             for group in self.optimiser.param_groups:
                 group["lr"] = learning_rate
             present = batch_subset(config, self.method, self.iteration)
-            images = batch["images"].to(context.device)
-            regions = batch["regions"].to(context.device)
-            mask = torch.tensor(present, device=context.device)
-            with torch.autocast(device_type=context.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits, bottlenecks = model(images, mask)
-                segmentation = segmentation_loss(logits.float(), regions)
-                kd = self._kd_term(bottlenecks.float(), present) if config.kd_weight > 0 else logits.new_zeros(())
-                loss = segmentation + config.kd_weight * kd
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
+            images = batch["images"].to(context.device, non_blocking=True)
+            regions = batch["regions"].to(context.device, non_blocking=True)
+            loss, segmentation, kd = optimisation_step(model, self.optimiser, images, regions, present,
+                                                       self._kd_term if config.kd_weight > 0 else None,
+                                                       config.kd_weight, use_amp)
             self.iteration += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", kd=f"{kd.item():.3f}", refresh=False)
