@@ -1,10 +1,15 @@
-"""`make bench`: whole-case timings and peak memory, written to Resources/Docs/Benchmarks.md.
+"""`make bench`: whole-case timings, peak memory and training throughput, written to
+Resources/Docs/Benchmarks.md (one section per device kind, the rest of the file kept).
 
 One run, one synthetic 240x240x155 phantom case, each measurement in a fresh process (so peak
 memory is that process's own): `lckd segment` with the `paper` preset (random weights: the speed
-does not depend on the values) for 4, 2 and 1 sequences, the bundled demo model, and MONAI
-SegResNet configured like MONAI Auto3DSeg's BraTS model through MONAI's sliding-window inferer.
-Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs; ``--device cuda`` on a GPU.
+does not depend on the values) for 4, 2 and 1 sequences in fp32 and, where the device computes
+bf16 natively, bf16; the bundled demo model (fp32 and bf16, with the Dice between their label maps);
+MONAI SegResNet configured like MONAI Auto3DSeg's BraTS model through MONAI's sliding-window
+inferer; on a GPU also a warm case (the model already loaded, as in `lckd segment --batch`); and
+the training step of the `phantom` preset (and of `paper` on a GPU).
+Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs; ``--device cuda`` on a GPU;
+``--case DIR`` uses an existing case folder instead of generating phantom seed 7.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,6 +51,22 @@ print(time.perf_counter() - start)
 """
 
 
+WARM_SCRIPT = """
+import json, sys, time, torch
+from lckd.segmenter import Segmenter
+segmenter = Segmenter(sys.argv[1], device=sys.argv[2], precision=sys.argv[3])
+files = json.loads(sys.argv[4])
+for _ in range(3):
+    start = time.perf_counter()
+    result = segmenter.segment_files(files)
+    if segmenter.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+peak = torch.cuda.max_memory_allocated() / 1e9 if segmenter.device.type == "cuda" else 0.0
+print(json.dumps({"seconds": seconds, "stages": result.seconds, "gpu_peak_gb": peak}))
+"""
+
+
 def run_measured(command: List[str]) -> Dict[str, float]:
     """Run a command; return its wall time (s) and peak resident memory (GB) from wait4."""
     start = time.perf_counter()
@@ -61,6 +82,7 @@ def run_measured(command: List[str]) -> Dict[str, float]:
 
 
 def segment(model: Path, files: Dict[str, Path], output: Path, device: str, precision: str = "fp32") -> Dict:
+    """`lckd segment` in a fresh process; adds its stage seconds."""
     command = [sys.executable, "-m", "lckd", "segment", "-o", str(output), "--model", str(model),
                "--device", device, "--precision", precision, "--progress", "json"]
     for name, path in files.items():
@@ -72,6 +94,7 @@ def segment(model: Path, files: Dict[str, Path], output: Path, device: str, prec
 
 
 def label_dice(a: Path, b: Path) -> float:
+    """Dice of the whole-tumour masks (label > 0) of two label maps."""
     import nibabel as nib
 
     x, y = (np.asarray(nib.load(str(p)).dataobj) > 0 for p in (a, b))
@@ -103,78 +126,126 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     capability = torch.backends.cpu.get_cpu_capability()
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} (CPU capability {capability}), "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} usable logical cores of {os.cpu_count()}, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__} (CPU capability {capability}), "
             f"GPU: {gpu}, Python {platform.python_version()}")
 
 
+def stage_note(stages: Dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f} s" for name, value in stages.items())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", type=Path, help="a BraTS-layout case folder (default: phantom seed 7, 1 mm)")
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
 
+    from lckd.cases import read_case_folder
     from lckd.cli import BUNDLED_MODEL
     from lckd.model_file import ModelCard, save_model
     from lckd.network import PRESETS, LCKDNet
-    from lckd.phantom.generator import write_cases
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="lckd-bench-"))
-    case = write_cases(work / "case", n_cases=1, seed=7)[0]
-    from lckd.cases import read_case_folder
+    if args.case is None:
+        from lckd.phantom.generator import write_cases
 
-    files = read_case_folder(case).sequences
+        args.case = write_cases(work / "case", n_cases=1, seed=7)[0]
+    files = read_case_folder(args.case).sequences
     paper = work / "paper.safetensors"
     save_model(paper, LCKDNet(PRESETS["paper"]), ModelCard(preset="paper", network=PRESETS["paper"].to_dict(),
                                                             tile_size=[80, 160, 160], name="paper-random"))
-    rows = []
+    bf16 = native_bf16(args.device)
+    if not bf16:
+        print("bf16 not measured: this CPU has no native bf16 (AVX-512-BF16 or AMX)", flush=True)
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    rows, training = [], []
 
     def add(name: str, result: Dict, note: str = "") -> None:
         rows.append({"name": name, "wall_s": result["wall_s"], "peak_gb": result["peak_gb"], "note": note})
-        print(f"{name:<52} {result['wall_s']:7.1f} s {result['peak_gb']:6.2f} GB {note}", flush=True)
+        print(f"{name:<60} {result['wall_s']:7.1f} s {result['peak_gb']:6.2f} GB {note}", flush=True)
 
     subsets = [("flair", "t1", "t1ce", "t2")] + ([] if args.quick else [("flair", "t1ce"), ("t1ce",)])
     for subset in subsets:
-        result = segment(paper, {s: files[s] for s in subset}, work / "out.nii.gz", args.device)
-        add(f"lckd segment, paper preset, {len(subset)} sequence(s) ({'+'.join(subset)})", result,
-            f"infer {result['stages']['infer']:.1f} s")
+        for precision in precisions:
+            result = segment(paper, {s: files[s] for s in subset}, work / "out.nii.gz", args.device, precision)
+            add(f"lckd segment, paper preset, {len(subset)} sequence(s) ({'+'.join(subset)}), {precision}", result,
+                stage_note(result["stages"]))
+    if args.device.startswith("cuda"):
+        script = work / "warm.py"
+        script.write_text(WARM_SCRIPT)
+        for precision in precisions:
+            warm = run_measured([sys.executable, str(script), str(paper), args.device, precision,
+                                 json.dumps({s: str(p) for s, p in files.items()})])
+            timing = json.loads(warm["stdout"].strip().splitlines()[-1])
+            add(f"paper preset, 4 sequences, {precision}, warm (third case in one process, as --batch)",
+                {"wall_s": timing["seconds"], "peak_gb": warm["peak_gb"]},
+                f"{stage_note(timing['stages'])}; GPU peak {timing['gpu_peak_gb']:.2f} GB")
     if BUNDLED_MODEL.is_file():
-        fp32 = segment(BUNDLED_MODEL, dict(files), work / "demo32.nii.gz", args.device)
-        add("lckd segment, bundled demo model, 4 sequences", fp32)
-        if native_bf16(args.device):
-            bf16 = segment(BUNDLED_MODEL, dict(files), work / "demo16.nii.gz", args.device, precision="bf16")
-            add("lckd segment, bundled demo model, 4 sequences, bf16 autocast", bf16,
-                f"Dice vs fp32 labels {label_dice(work / 'demo32.nii.gz', work / 'demo16.nii.gz'):.4f}")
-        else:
-            print("bf16 not measured: this CPU has no native bf16 (AVX-512-BF16 or AMX)", flush=True)
+        demo = segment(BUNDLED_MODEL, dict(files), work / "demo-fp32.nii.gz", args.device)
+        add("lckd segment, bundled demo model, 4 sequences, fp32", demo, stage_note(demo["stages"]))
+        if bf16:
+            demo = segment(BUNDLED_MODEL, dict(files), work / "demo-bf16.nii.gz", args.device, precision="bf16")
+            agreement = label_dice(work / "demo-fp32.nii.gz", work / "demo-bf16.nii.gz")
+            add("lckd segment, bundled demo model, 4 sequences, bf16", demo,
+                f"{stage_note(demo['stages'])}; whole-tumour Dice vs fp32 labels {agreement:.4f}")
     script = work / "segresnet.py"
     script.write_text(SEGRESNET_SCRIPT)
     order = ("flair", "t1", "t1ce", "t2")
     segresnet = run_measured([sys.executable, str(script), ",".join(str(files[s]) for s in order), args.device])
     add("MONAI SegResNet (Auto3DSeg BraTS config), 128^3 windows, overlap 0.5", segresnet,
-        f"inference alone {float(segresnet['stdout'].split()[-1]):.1f} s")
+        f"inference alone {float(segresnet['stdout'].split()[-1]):.2f} s")
 
+    throughput = Path(__file__).with_name("training_throughput.py")
+    presets = ["phantom", "paper"] if args.device.startswith("cuda") else ["phantom"]
+    for preset in presets:
+        measured = run_measured([sys.executable, str(throughput), "--preset", preset, "--device", args.device])
+        training.append(json.loads(measured["stdout"].strip().splitlines()[-1]))
+        print(json.dumps(training[-1]), flush=True)
+
+    write_report(args.report, args.device, rows, training, (load_before, os.getloadavg()[0]))
+    print(f"written to {args.report}")
+    return 0
+
+
+def write_report(report: Path, device: str, rows: List[Dict], training: List[Dict], load: Tuple[float, float]) -> None:
+    """Replace this device kind's section of the report (between its markers), keep the rest."""
+    kind = "gpu" if device.startswith("cuda") else "cpu"
     reference = next(r["wall_s"] for r in rows if r["name"].startswith("MONAI SegResNet"))
     lines = [
-        "# Benchmarks", "",
-        "Measured by `make bench` (`Testing/Benchmarks/run_benchmarks.py`) in one run on one synthetic",
-        "240x240x155 phantom case; every row is a fresh process (wall time includes start-up and model",
-        "loading; peak memory is that process's maximum resident set).", "",
-        f"Machine: {machine()}; device `{args.device}`.", "",
-        "| run | wall (s) | peak memory (GB) | ratio to SegResNet | note |",
+        f"<!-- make bench {kind}: generated by Testing/Benchmarks/run_benchmarks.py; edits here are replaced -->",
+        f"## {'GPU' if kind == 'gpu' else 'CPU'}: `run_benchmarks.py --device {device}`", "",
+        f"Machine: {machine()}; run ending {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one-minute "
+        f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end.", "",
+        "| run | wall (s) | peak resident memory (GB) | ratio to SegResNet | stages and notes |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
-        lines.append(f"| {row['name']} | {row['wall_s']:.1f} | {row['peak_gb']:.2f} | "
+        lines.append(f"| {row['name']} | {row['wall_s']:.2f} | {row['peak_gb']:.2f} | "
                      f"{row['wall_s'] / reference:.2f} | {row['note']} |")
-    text = "\n".join(lines) + "\n"
-    existing = args.report.read_text() if args.report.exists() else ""
-    marker = "\n## Notes"
-    notes = existing[existing.index(marker):] if marker in existing else ""
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text + notes)
-    print(f"written to {args.report}")
-    return 0
+    lines += ["", "Training step (`training_throughput.py`: forward, Dice + BCE + LCKD KD, backward, SGD; "
+              "all four sequences; data loading excluded):", "",
+              "| preset | device | batch | tile | bf16 autocast | s per step (median) | iterations/s | GPU peak (GB) |",
+              "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for t in training:
+        peak = "" if t["peak_gpu_gb"] is None else f"{t['peak_gpu_gb']:.2f}"
+        lines.append(f"| {t['preset']} | {t['device']} ({t['threads']} threads) | {t['batch']} | "
+                     f"{'x'.join(str(v) for v in t['tile'])} | {'yes' if t['amp'] else 'no'} | {t['median_s']:.3f} | "
+                     f"{t['iterations_per_s']:.2f} | {peak} |")
+    lines.append(f"<!-- /make bench {kind} -->")
+    section = "\n".join(lines)
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    start, end = f"<!-- make bench {kind}:", f"<!-- /make bench {kind} -->"
+    if start in text and end in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
 
 
 if __name__ == "__main__":
