@@ -315,14 +315,20 @@ FAKE_SEGMENTER = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def fake_logic(tmp_path, monkeypatch):
+def write_fake_library(tmp_path: Path, monkeypatch) -> Path:
+    """A library folder whose `python -m lckd` is the fake segmenter; it records into ``tmp_path``."""
     library = tmp_path / "fake-library"
     (library / "lckd").mkdir(parents=True)
     (library / "lckd" / "__init__.py").write_text("")
     (library / "lckd" / "__main__.py").write_text(FAKE_SEGMENTER)
     monkeypatch.setenv("LCKD_FAKE_RECORD", str(tmp_path / "record.json"))
     monkeypatch.setenv("LCKD_FAKE_CHILD", str(tmp_path / "child.pid"))
+    return library
+
+
+@pytest.fixture
+def fake_logic(tmp_path, monkeypatch):
+    library = write_fake_library(tmp_path, monkeypatch)
     return LCKDSegmentationLogic(python=sys.executable, libraryFolder=library), tmp_path
 
 

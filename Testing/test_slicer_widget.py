@@ -28,7 +28,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
-from test_slicer_logic import FAKE_SEGMENTER, RAS_2MM, add_volume  # noqa: E402
+from test_slicer_logic import RAS_2MM, add_volume, write_fake_library  # noqa: E402
 
 from conftest import make_tiny_model_file, synthetic_head  # noqa: E402
 from LCKDSegmentationLib import modelCatalog  # noqa: E402
@@ -403,13 +403,7 @@ def harness(monkeypatch, tmp_path):
     monkeypatch.setenv(modelCatalog.CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
     monkeypatch.setattr("LCKDSegmentationLib.dependencies.ensureDependencies", lambda **kwargs: True)
     # the fake segmenter (see test_slicer_logic.py) stands in for `lckd segment`
-    library = tmp_path / "fake-library"
-    (library / "lckd").mkdir(parents=True)
-    (library / "lckd" / "__init__.py").write_text("")
-    (library / "lckd" / "__main__.py").write_text(FAKE_SEGMENTER)
-    monkeypatch.setenv("LCKD_FAKE_RECORD", str(tmp_path / "record.json"))
-    monkeypatch.setenv("LCKD_FAKE_CHILD", str(tmp_path / "child.pid"))
-    state["library"] = library
+    state["library"] = write_fake_library(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(MODULE))
     sys.modules.pop("LCKDSegmentation", None)
     module = importlib.import_module("LCKDSegmentation")
