@@ -91,9 +91,12 @@ class WSConv3d(nn.Conv3d):
         weight = self.weight - self.weight.mean(dim=(1, 2, 3, 4), keepdim=True)
         return weight / torch.sqrt(weight.flatten(1).var(dim=1) + 1e-12).view(-1, 1, 1, 1, 1)
 
+    def effective_weight(self) -> Tensor:
+        """The weight the convolution applies (standardised unless frozen, where it already is)."""
+        return self.standardised_weight() if self.standardise else self.weight
+
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.standardised_weight() if self.standardise else self.weight
-        return F.conv3d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv3d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     @torch.no_grad()
     def freeze_standardisation(self) -> None:
@@ -233,9 +236,16 @@ class Decoder(nn.Module):
         self.head = nn.Conv3d(c_in, len(REGIONS), 1, bias=False)
 
     def forward(self, fused: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        projected = [skip[0](feature) for skip, feature in zip(self.skip, reversed(list(skips)))]
+        return self.decode_projected(fused, projected)
+
+    def decode_projected(self, fused: Tensor, projected: Sequence[Tensor]) -> Tensor:
+        """Logits from the fused bottleneck and each skip's 1x1 convolution output (before its norm
+        and activation), deepest level first. The convolution is linear in the sequences' features,
+        so a caller may sum per-sequence parts (see :class:`lckd.inference.TilePredictor`)."""
         x = fused
-        for up, skip, block, feature in zip(self.up, self.skip, self.blocks, reversed(list(skips))):
-            x = block(up(x) + skip(feature))
+        for up, skip, block, conv_out in zip(self.up, self.skip, self.blocks, projected):
+            x = block(up(x) + skip[1:](conv_out))
         logits = self.head(x)
         return F.interpolate(logits, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
 
