@@ -10,6 +10,7 @@ reproducible, independent of the number of loader workers, and resumes exactly.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -221,7 +222,8 @@ class IndexSampler(torch.utils.data.Sampler):
 def training_loader(cases: List[CachedCase], config: TrainConfig, augmentation, start_iteration: int, rank: int = 0,
                     world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Batches for iterations ``start_iteration..config.iterations`` of one rank, loaded by
-    ``config.num_workers`` processes (``pin_memory`` for fast copies to a GPU)."""
+    ``config.num_workers`` processes, at most one per CPU (``pin_memory`` for fast copies to a GPU)."""
+    workers = min(config.num_workers, os.cpu_count() or 1)
     return DataLoader(PatchDataset(cases, config, augmentation), batch_size=config.batch_size,
                       sampler=IndexSampler(start_iteration, config.iterations, config.batch_size, rank, world_size),
-                      num_workers=config.num_workers, persistent_workers=False, pin_memory=pin_memory)
+                      num_workers=workers, persistent_workers=False, pin_memory=pin_memory)
