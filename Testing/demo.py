@@ -17,15 +17,11 @@ from lckd.cli import default_model
 from lckd.errors import LCKDError
 from lckd.labels import regions_from_labels
 from lckd.segmenter import Segmenter
+from training.evaluation import dice
 
 OUTPUT = Path("demo_output")
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 REPORTED = {"ET": 0, "TC": 2, "WT": 1}  # BraTS reporting order -> region channel
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict) -> None:

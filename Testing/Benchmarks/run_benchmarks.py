@@ -97,9 +97,9 @@ def label_dice(a: Path, b: Path) -> float:
     """Dice of the whole-tumour masks (label > 0) of two label maps."""
     import nibabel as nib
 
-    x, y = (np.asarray(nib.load(str(p)).dataobj) > 0 for p in (a, b))
-    total = x.sum() + y.sum()
-    return 1.0 if total == 0 else float(2 * (x & y).sum() / total)
+    from training.evaluation import dice
+
+    return dice(*(np.asarray(nib.load(str(p)).dataobj) > 0 for p in (a, b)))
 
 
 def native_bf16(device: str) -> bool:
