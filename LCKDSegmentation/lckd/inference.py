@@ -9,9 +9,8 @@ and reused for every tile ("absent-sequence reuse"); :func:`sliding_window_proba
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from .errors import InputError
 from .network import LCKDNet
 
 OVERLAP = 1.0 / 3.0
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -33,17 +32,22 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed precision for ``bf16``/``fp16``; plain float32 for ``fp32``."""
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype the network computes in: ``auto`` is bf16 on a CPU with native bf16 (AVX-512-BF16
+    or AMX; agreement with fp32 in Resources/Docs/Benchmarks.md), else float32 (on a GPU, float32
+    convolutions already run on TF32 tensor cores and bf16 measured no faster)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        yield
-        return
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
+    if precision == "auto":
+        precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512-BF16 or AMX); torch emulates it otherwise."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def count_windows(shape: Sequence[int], tile: Sequence[int], overlap: float = OVERLAP) -> int:
@@ -60,68 +64,82 @@ class TilePredictor:
     """Callable for MONAI: region probabilities for a batch of 4-channel tiles, one presence mask.
 
     Returning probabilities (not logits) makes MONAI's blending the plain average of sigmoid
-    probabilities that method.md section 7 prescribes.
+    probabilities that method.md section 7 prescribes. Tiles are cast to the model's dtype and
+    layout (see :meth:`LCKDNet.freeze_for_inference`).
 
-    With ``reuse_absent``, absent sequences cost nothing per tile: their input is an all-zero tile
-    whatever its position, so their encoder features are computed once per tile shape, and so is
-    their share of each decoder skip's 1x1 convolution (linear in the concatenated sequences'
-    features). Per tile only the present sequences are encoded and convolved; the result equals the
-    plain path up to float rounding (tested).
+    Only the present sequences are encoded per tile. Each decoder skip's 1x1 convolution is linear
+    in the concatenated sequences' features, so it is computed as a sum of per-sequence parts: this
+    avoids concatenating channels-last features (a copy of each skip), and with ``reuse_absent``
+    the absent sequences' part is computed once per tile shape, since their input is an all-zero
+    tile whatever its position. The result equals the plain path (``reuse_absent=False``: the
+    model's own forward on every channel) up to float rounding (tested).
     """
 
     def __init__(self, model: LCKDNet, present: Sequence[bool], reuse_absent: bool,
                  on_tile: Optional[Callable[[int], None]] = None) -> None:
         self.model = model
         self.present = [bool(p) for p in present]
-        self.reuse_absent = reuse_absent and not all(self.present)
+        self.reuse_absent = reuse_absent
         self.on_tile = on_tile
-        self._absent_parts: Dict[Tuple[int, ...], List[torch.Tensor]] = {}
-        self._skip_weights: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.dtype = next(model.parameters()).dtype
+        self.memory_format = model.memory_format
+        self._absent_parts: Dict[Tuple[int, ...], List[Optional[torch.Tensor]]] = {}
+        self._skip_weights: List[List[torch.Tensor]] = []
 
-    def _weights(self, channels: Sequence[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Per decoder level: (present sequences' weight slices, sum of the absent ones' slices)."""
+    def _weights(self, channels: Sequence[int]) -> List[List[torch.Tensor]]:
+        """Per decoder level: each sequence's slice of the skip convolution's weight."""
         if not self._skip_weights:
             for skip, c in zip(self.model.decoder.skip, channels):
                 weight = skip[0].effective_weight()
-                parts = [weight[:, s * c:(s + 1) * c] for s in range(len(self.present))]
-                present = torch.cat([w for w, p in zip(parts, self.present) if p], dim=1)
-                absent = torch.stack([w for w, p in zip(parts, self.present) if not p]).sum(dim=0)
-                self._skip_weights.append((present, absent))
+                self._skip_weights.append([weight[:, s * c:(s + 1) * c] for s in range(len(self.present))])
         return self._skip_weights
 
-    def _absent_projections(self, tile: torch.Tensor) -> List[torch.Tensor]:
+    def _absent_projections(self, shape: Tuple[int, ...]) -> List[Optional[torch.Tensor]]:
         """The absent sequences' share of every skip convolution for this tile shape (computed once)."""
-        key = tuple(tile.shape[2:])
-        if key not in self._absent_parts:
-            zero = torch.zeros((1, 1) + key, dtype=tile.dtype, device=tile.device)
-            features = list(reversed(self.model.encoder(zero)[0]))
-            weights = self._weights([f.shape[1] for f in features])
-            self._absent_parts[key] = [_convolve(skip[0], feature, absent, bias=False) for skip, feature, (_, absent)
-                                       in zip(self.model.decoder.skip, features, weights)]
-        return self._absent_parts[key]
+        if shape not in self._absent_parts:
+            absent = [s for s, p in enumerate(self.present) if not p]
+            if not absent:
+                self._absent_parts[shape] = [None] * len(self.model.decoder.skip)
+            else:
+                zero = torch.zeros((1, 1) + shape, dtype=self.dtype, device=next(self.model.parameters()).device)
+                features = list(reversed(self.model.encoder(zero.contiguous(memory_format=self.memory_format))[0]))
+                weights = self._weights([f.shape[1] for f in features])
+                self._absent_parts[shape] = [
+                    _convolve(skip[0], feature, sum(slices[s] for s in absent), bias=False)
+                    for skip, feature, slices in zip(self.model.decoder.skip, features, weights)]
+        return self._absent_parts[shape]
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        n, s = tiles.shape[:2]
+        tiles = tiles.to(dtype=self.dtype)
         if not self.reuse_absent:
-            logits = self.model(tiles, self.present)
+            logits = self.model(tiles.contiguous(memory_format=self.memory_format), self.present)
         else:
-            index = [i for i, p in enumerate(self.present) if p]
-            skips_p, bottleneck_p = self.model.encoder(tiles[:, index].reshape(n * len(index), 1, *tiles.shape[2:]))
-            features = list(reversed(skips_p))
-            absent_parts = self._absent_projections(tiles)
-            projected = []
-            for skip, feature, (present_weight, _), absent_part in zip(
-                    self.model.decoder.skip, features, self._weights([f.shape[1] for f in features]), absent_parts):
-                stacked = feature.reshape(n, len(index) * feature.shape[1], *feature.shape[2:])
-                projected.append(_convolve(skip[0], stacked, present_weight, bias=True) + absent_part)
-            bottlenecks = bottleneck_p.new_zeros((n, s) + tuple(bottleneck_p.shape[1:]))
-            bottlenecks[:, index] = bottleneck_p.reshape(n, len(index), *bottleneck_p.shape[1:])
-            mask = self.model.presence_tensor(self.present, n, tiles.device)
-            fused = self.model.fill_missing(bottlenecks, mask).flatten(1, 2)
-            logits = self.model.decoder.decode_projected(fused, projected)
+            logits = self._decomposed(tiles)
         if self.on_tile is not None:
-            self.on_tile(n)
+            self.on_tile(tiles.shape[0])
         return torch.sigmoid(logits.float())
+
+    def _decomposed(self, tiles: torch.Tensor) -> torch.Tensor:
+        n, s = tiles.shape[:2]
+        index = [i for i, p in enumerate(self.present) if p]
+        k = len(index)
+        inputs = tiles[:, index].reshape(n * k, 1, *tiles.shape[2:]).contiguous(memory_format=self.memory_format)
+        skips_p, bottleneck_p = self.model.encoder(inputs)
+        features = list(reversed(skips_p))
+        weights = self._weights([f.shape[1] for f in features])
+        projected = []
+        for skip, feature, slices, absent_part in zip(self.model.decoder.skip, features, weights,
+                                                       self._absent_projections(tuple(tiles.shape[2:]))):
+            per_sequence = feature.unflatten(0, (n, k))
+            out = _convolve(skip[0], per_sequence[:, 0], slices[index[0]], bias=True)
+            for j in range(1, k):
+                out += _convolve(skip[0], per_sequence[:, j], slices[index[j]], bias=False)
+            projected.append(out if absent_part is None else out + absent_part)
+        bottlenecks = bottleneck_p.new_zeros((n, s) + tuple(bottleneck_p.shape[1:]))
+        bottlenecks[:, index] = bottleneck_p.unflatten(0, (n, k))
+        mask = self.model.presence_tensor(self.present, n, tiles.device)
+        fused = self.model.fill_missing(bottlenecks, mask).flatten(1, 2).contiguous(memory_format=self.memory_format)
+        return self.model.decoder.decode_projected(fused, projected)
 
 
 def _convolve(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -132,10 +150,11 @@ def _convolve(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias
 @torch.no_grad()
 def sliding_window_probabilities(model: LCKDNet, images: torch.Tensor, present: Sequence[bool],
                                  tile_size: Sequence[int], overlap: float = OVERLAP, sw_batch_size: int = 1,
-                                 reuse_absent: bool = True, precision: str = "fp32",
+                                 reuse_absent: bool = True,
                                  on_tile: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Region probabilities ``(3, Z, Y, X)`` (float32, on the images' device) for ``images``
-    ``(4, Z, Y, X)`` (absent channels may hold anything: they are zeroed).
+    ``(4, Z, Y, X)`` (absent channels may hold anything: they are zeroed). The network computes
+    in its own dtype and layout (see :meth:`LCKDNet.freeze_for_inference`).
 
     ``on_tile(n)`` is called after every batch of ``n`` tiles, for progress reporting.
     """
@@ -143,8 +162,7 @@ def sliding_window_probabilities(model: LCKDNet, images: torch.Tensor, present: 
     mask = torch.tensor(present, dtype=images.dtype, device=device).view(-1, 1, 1, 1)
     batch = (images * mask).unsqueeze(0)
     predictor = TilePredictor(model, present, reuse_absent, on_tile)
-    with autocast(device, precision):
-        probabilities = sliding_window_inference(batch, roi_size=tuple(int(t) for t in tile_size),
-                                          sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
-                                          mode="constant", padding_mode="constant", cval=0.0)
+    probabilities = sliding_window_inference(batch, roi_size=tuple(int(t) for t in tile_size),
+                                             sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
+                                             mode="constant", padding_mode="constant", cval=0.0)
     return probabilities.float()[0]

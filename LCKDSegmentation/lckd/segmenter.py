@@ -14,7 +14,13 @@ import torch
 
 from .errors import InputError
 from .geometry import Grid
-from .inference import count_windows, resolve_device, sliding_window_probabilities
+from .inference import (
+    count_windows,
+    cpu_has_native_bf16,
+    inference_dtype,
+    resolve_device,
+    sliding_window_probabilities,
+)
 from .io import PathLike, Volume, load_volume, save_nifti
 from .labels import et_label_of, labels_from_regions, region_volumes_ml, relabel_small_enhancing
 from .model_file import ModelCard, load_model
@@ -53,26 +59,20 @@ def check_distinct_files(files: Mapping[str, PathLike]) -> None:
         seen[key] = name
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512-BF16 or AMX); torch emulates it otherwise."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 class Segmenter:
     """Loads a model once; segments cases given as files or volumes."""
 
-    def __init__(self, model_path: PathLike, device: str = "auto", precision: str = "fp32",
+    def __init__(self, model_path: PathLike, device: str = "auto", precision: str = "auto",
                  reuse_absent: bool = True, sw_batch_size: int = 1) -> None:
         self.device = resolve_device(device)
-        model, card = load_model(model_path, device="cpu")
-        self.model = model.freeze_for_inference().to(self.device)
-        self.card: ModelCard = card
-        self.precision = precision
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+        self.dtype = inference_dtype(self.device, precision)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             logging.getLogger(__name__).warning(
                 "this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 is emulated and much slower than fp32")
+        model, card = load_model(model_path, device="cpu")
+        # channels-last on the CPU (oneDNN's fastest layout); the GPU keeps the layout measured there
+        self.model = model.freeze_for_inference(self.dtype, channels_last=self.device.type == "cpu").to(self.device)
+        self.card: ModelCard = card
         self.reuse_absent = reuse_absent
         self.sw_batch_size = sw_batch_size
         self.normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
@@ -112,7 +112,7 @@ class Segmenter:
         images = torch.from_numpy(prepared.images).to(self.device)
         probabilities = sliding_window_probabilities(
             self.model, images, present, self.card.tile_size, sw_batch_size=self.sw_batch_size,
-            reuse_absent=self.reuse_absent, precision=self.precision, on_tile=reporter.advance)
+            reuse_absent=self.reuse_absent, on_tile=reporter.advance)
         probabilities = probabilities.cpu().numpy()
         seconds["infer"] = time.perf_counter() - clock
 
