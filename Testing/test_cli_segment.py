@@ -117,3 +117,14 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
     assert result.returncode != 0
     assert "file not found" in result.stderr or "no default model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_segment_process_flushes_everything_before_its_fast_exit(write_case, tiny_model, tmp_path):
+    files = write_case(("t1",))
+    out = tmp_path / "own-process.nii.gz"
+    result = subprocess.run([sys.executable, "-m", "lckd", "segment", "--t1", str(files["t1"]), "-o", str(out),
+                             "--model", str(tiny_model), "--progress", "json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["event"] == "done"
+    assert read(out).shape == read(files["t1"]).shape

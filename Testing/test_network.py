@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lckd.network import PRESETS, LCKDNet, NetworkConfig, count_parameters, network_config
+from lckd.network import (
+    PRESETS,
+    LCKDNet,
+    NetworkConfig,
+    PhaseSplitConv,
+    WSConv3d,
+    count_parameters,
+    network_config,
+)
 
 PAPER_PARAMETERS = 43_656_672
 
@@ -84,3 +92,22 @@ def test_config_round_trip_and_unknown_preset():
     with pytest.raises(ValueError, match="unknown network preset"):
         network_config("huge")
     assert PRESETS["paper"].downsampling == (16, 32, 32)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 9, 16, 16), (1, 1, 5, 17, 15)])
+def test_phase_split_stem_equals_the_strided_convolution(shape):
+    torch.manual_seed(6)
+    conv = WSConv3d(1, 8, 7, stride=(1, 2, 2), padding=3)
+    conv.freeze_standardisation()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = conv(x)
+        torch.testing.assert_close(PhaseSplitConv(conv)(x), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="single-channel"):
+        PhaseSplitConv(WSConv3d(2, 8, 3, stride=1, padding=1))
+
+
+def test_reduced_precision_inference_uses_the_phase_split_stem():
+    model = LCKDNet(PRESETS["tiny"]).freeze_for_inference(torch.bfloat16, channels_last=True)
+    assert isinstance(model.encoder.stem[0], PhaseSplitConv)
+    assert isinstance(LCKDNet(PRESETS["tiny"]).freeze_for_inference(channels_last=True).encoder.stem[0], WSConv3d)

@@ -1,7 +1,5 @@
 """``python -m lckd``: the same as the ``lckd`` command."""
 
-import sys
+from .cli import console_main
 
-from .cli import main
-
-sys.exit(main())
+console_main()

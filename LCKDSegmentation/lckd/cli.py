@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import sys
 from pathlib import Path
@@ -195,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; user errors print one line (no traceback) and return a non-zero code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except LCKDError as error:
@@ -212,5 +215,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise
 
 
+def console_main() -> None:
+    """The ``lckd`` command and ``python -m lckd``: :func:`main` in a process of its own.
+
+    ``segment`` ends the process with ``os._exit`` once the streams are flushed: its outputs are
+    written and closed by then, and the interpreter's teardown of the torch and MONAI modules took
+    1.0 s of every run (0.05 s with ``os._exit``; Resources/Docs/Benchmarks.md). The other commands
+    (training writes TensorBoard files and may hold a process group) exit normally.
+    """
+    args = build_parser().parse_args()
+    code = _run(args)
+    if args.command == "segment":
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

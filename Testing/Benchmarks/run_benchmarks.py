@@ -4,12 +4,15 @@ Resources/Docs/Benchmarks.md (one section per device kind, the rest of the file 
 One run, one synthetic 240x240x155 phantom case, each measurement in a fresh process (so peak
 memory is that process's own): `lckd segment` with the `paper` preset (random weights: the speed
 does not depend on the values) for 4, 2 and 1 sequences in fp32 and, where the device computes
-bf16 natively, bf16; the bundled demo model (fp32 and bf16, with the Dice between their label maps);
-MONAI SegResNet configured like MONAI Auto3DSeg's BraTS model through MONAI's sliding-window
-inferer; on a GPU also a warm case (the model already loaded, as in `lckd segment --batch`); and
-the training step of the `phantom` preset (and of `paper` on a GPU).
-Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs; ``--device cuda`` on a GPU;
-``--case DIR`` uses an existing case folder instead of generating phantom seed 7.
+bf16 natively, bf16; the bundled demo model (fp32 and bf16, with the Dice between their label maps
+per region); MONAI SegResNet configured like MONAI Auto3DSeg's BraTS model through MONAI's
+sliding-window inferer; on a GPU also a warm case (the model already loaded, as in `lckd segment
+--batch`); the training step of the `phantom` preset (and of `paper` on a GPU); on a CPU the
+per-tile effect of each inference optimisation (`tile_ablation.py`) and, with native bf16, the
+bf16/fp32 agreement over all 15 subsets (`precision_agreement.py`).
+Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs, the ablation and the
+agreement; ``--device cuda`` on a GPU; ``--case DIR`` uses an existing case folder instead of
+generating phantom seed 7.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ REPORT = ROOT / "Resources" / "Docs" / "Benchmarks.md"
 
 SEGRESNET_SCRIPT = """
 import sys, time, torch, nibabel as nib, numpy as np
+if sys.argv[3] == "keep":
+    from lckd.allocator import keep_freed_memory
+    keep_freed_memory()
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 device = torch.device(sys.argv[2])
@@ -93,20 +99,22 @@ def segment(model: Path, files: Dict[str, Path], output: Path, device: str, prec
     return result
 
 
-def label_dice(a: Path, b: Path) -> float:
-    """Dice of the whole-tumour masks (label > 0) of two label maps."""
+def label_dice(a: Path, b: Path) -> str:
+    """Dice per region (ET, TC, WT) between two label maps, as a note."""
     import nibabel as nib
 
+    from lckd.labels import regions_from_labels
     from training.evaluation import dice
 
-    return dice(*(np.asarray(nib.load(str(p)).dataobj) > 0 for p in (a, b)))
+    first, second = (regions_from_labels(np.asarray(nib.load(str(p)).dataobj)) for p in (a, b))
+    return " / ".join(f"{dice(first[c], second[c]):.4f}" for c in (0, 2, 1)) + " (ET / TC / WT)"
 
 
 def native_bf16(device: str) -> bool:
     """bf16 is only worth measuring where the hardware has it (emulated bf16 is many times slower)."""
     import torch
 
-    from lckd.segmenter import cpu_has_native_bf16
+    from lckd.inference import cpu_has_native_bf16
 
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -163,6 +171,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not bf16:
         print("bf16 not measured: this CPU has no native bf16 (AVX-512-BF16 or AMX)", flush=True)
     precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    automatic = "bf16" if bf16 and not args.device.startswith("cuda") else "fp32"  # what --precision auto picks
+
+    def named(precision: str) -> str:
+        return f"{precision} (the default here)" if precision == automatic else precision
     rows, training = [], []
 
     def add(name: str, result: Dict, note: str = "") -> None:
@@ -173,8 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for subset in subsets:
         for precision in precisions:
             result = segment(paper, {s: files[s] for s in subset}, work / "out.nii.gz", args.device, precision)
-            add(f"lckd segment, paper preset, {len(subset)} sequence(s) ({'+'.join(subset)}), {precision}", result,
-                stage_note(result["stages"]))
+            add(f"lckd segment, paper preset, {len(subset)} sequence(s) ({'+'.join(subset)}), {named(precision)}",
+                result, stage_note(result["stages"]))
     if args.device.startswith("cuda"):
         script = work / "warm.py"
         script.write_text(WARM_SCRIPT)
@@ -182,23 +194,41 @@ def main(argv: Optional[List[str]] = None) -> int:
             warm = run_measured([sys.executable, str(script), str(paper), args.device, precision,
                                  json.dumps({s: str(p) for s, p in files.items()})])
             timing = json.loads(warm["stdout"].strip().splitlines()[-1])
-            add(f"paper preset, 4 sequences, {precision}, warm (third case in one process, as --batch)",
+            add(f"paper preset, 4 sequences, {named(precision)}, warm (third case in one process, as --batch)",
                 {"wall_s": timing["seconds"], "peak_gb": warm["peak_gb"]},
                 f"{stage_note(timing['stages'])}; GPU peak {timing['gpu_peak_gb']:.2f} GB")
     if BUNDLED_MODEL.is_file():
         demo = segment(BUNDLED_MODEL, dict(files), work / "demo-fp32.nii.gz", args.device)
-        add("lckd segment, bundled demo model, 4 sequences, fp32", demo, stage_note(demo["stages"]))
+        add(f"lckd segment, bundled demo model, 4 sequences, {named('fp32')}", demo, stage_note(demo["stages"]))
         if bf16:
             demo = segment(BUNDLED_MODEL, dict(files), work / "demo-bf16.nii.gz", args.device, precision="bf16")
-            agreement = label_dice(work / "demo-fp32.nii.gz", work / "demo-bf16.nii.gz")
-            add("lckd segment, bundled demo model, 4 sequences, bf16", demo,
-                f"{stage_note(demo['stages'])}; whole-tumour Dice vs fp32 labels {agreement:.4f}")
+            same = label_dice(work / "demo-fp32.nii.gz", work / "demo-bf16.nii.gz")
+            add(f"lckd segment, bundled demo model, 4 sequences, {named('bf16')}", demo,
+                f"{stage_note(demo['stages'])}; Dice vs the fp32 label map {same}")
     script = work / "segresnet.py"
     script.write_text(SEGRESNET_SCRIPT)
     order = ("flair", "t1", "t1ce", "t2")
-    segresnet = run_measured([sys.executable, str(script), ",".join(str(files[s]) for s in order), args.device])
-    add("MONAI SegResNet (Auto3DSeg BraTS config), 128^3 windows, overlap 0.5", segresnet,
-        f"inference alone {float(segresnet['stdout'].split()[-1]):.2f} s")
+    for allocator in ("default", "keep"):
+        segresnet = run_measured([sys.executable, str(script), ",".join(str(files[s]) for s in order), args.device,
+                                  allocator])
+        add("MONAI SegResNet (Auto3DSeg BraTS config), 128^3 windows, overlap 0.5"
+            + (", with lckd segment's allocator setting" if allocator == "keep" else ""), segresnet,
+            f"inference alone {float(segresnet['stdout'].split()[-1]):.2f} s")
+
+    ablation, agreement = [], None
+    if not args.device.startswith("cuda") and not args.quick:
+        script = Path(__file__).with_name("tile_ablation.py")
+        variants = run_measured([sys.executable, str(script), "--list"])["stdout"].split()
+        for variant in variants:
+            if variant.startswith("bf16") and not bf16:
+                continue
+            measured = run_measured([sys.executable, str(script), "--variant", variant])
+            ablation.append(json.loads(measured["stdout"].strip().splitlines()[-1]))
+            print(json.dumps(ablation[-1]), flush=True)
+        if bf16:
+            measured = run_measured([sys.executable, str(Path(__file__).with_name("precision_agreement.py"))])
+            agreement = json.loads(measured["stdout"].strip().splitlines()[-1])
+            print(json.dumps(agreement), flush=True)
 
     throughput = Path(__file__).with_name("training_throughput.py")
     presets = ["phantom", "paper"] if args.device.startswith("cuda") else ["phantom"]
@@ -207,12 +237,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         training.append(json.loads(measured["stdout"].strip().splitlines()[-1]))
         print(json.dumps(training[-1]), flush=True)
 
-    write_report(args.report, args.device, rows, training, (load_before, os.getloadavg()[0]))
+    write_report(args.report, args.device, rows, training, ablation, agreement, (load_before, os.getloadavg()[0]))
     print(f"written to {args.report}")
     return 0
 
 
-def write_report(report: Path, device: str, rows: List[Dict], training: List[Dict], load: Tuple[float, float]) -> None:
+def write_report(report: Path, device: str, rows: List[Dict], training: List[Dict], ablation: List[Dict],
+                 agreement: Optional[Dict], load: Tuple[float, float]) -> None:
     """Replace this device kind's section of the report (between its markers), keep the rest."""
     kind = "gpu" if device.startswith("cuda") else "cpu"
     reference = next(r["wall_s"] for r in rows if r["name"].startswith("MONAI SegResNet"))
@@ -236,6 +267,22 @@ def write_report(report: Path, device: str, rows: List[Dict], training: List[Dic
         lines.append(f"| {t['preset']} | {t['device']} ({t['threads']} threads) | {t['batch']} | "
                      f"{'x'.join(str(v) for v in t['tile'])} | {'yes' if t['amp'] else 'no'} | {t['median_s']:.3f} | "
                      f"{t['iterations_per_s']:.2f} | {peak} |")
+    if ablation:
+        lines += ["", "Per paper tile (`tile_ablation.py`: one 80x160x160 tile, 4 sequences, random weights, "
+                  "2 threads, one process per variant, best of 2 calls after a warm-up):", "",
+                  "| variant | s per tile | vs the first row |", "| --- | ---: | ---: |"]
+        for a in ablation:
+            lines.append(f"| {a['description']} | {a['seconds']:.2f} | {a['seconds'] / ablation[0]['seconds']:.2f} |")
+    if agreement:
+        worst = "; ".join(f"{region} {w['subset']} (case {w['case']}, {w['fp32_voxels']} voxels in fp32)"
+                          for region, w in agreement["worst"].items())
+        lines += ["", f"bf16 against fp32 (`precision_agreement.py`): {agreement['model']}, {agreement['cases']} "
+                  f"phantom cases x {agreement['subsets']} subsets, Dice between the label maps:", "",
+                  "| | ET | TC | WT |", "| --- | ---: | ---: | ---: |",
+                  "| mean | " + " | ".join(f"{agreement['dice_mean'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
+                  "| lowest | " + " | ".join(f"{agreement['dice_min'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
+                  "", f"Lowest pairs: {worst}. Paper preset, one tile, random weights: mean |p_bf16 - p_fp32| "
+                  f"{agreement['paper_tile_mean_abs_probability_difference']:.4f}."]
     lines.append(f"<!-- /make bench {kind} -->")
     section = "\n".join(lines)
     text = report.read_text() if report.exists() else "# Benchmarks\n"

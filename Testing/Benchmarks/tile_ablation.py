@@ -15,7 +15,8 @@ import contextlib
 import json
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 
@@ -25,21 +26,35 @@ from lckd.network import PRESETS, LCKDNet
 
 TILE = (80, 160, 160)
 
-#: name -> (description, freeze, dtype, channels-last, bf16 autocast, allocator setting), in the order applied
-VARIANTS: Dict[str, Tuple[str, bool, torch.dtype, bool, bool, bool]] = {
-    "fp32-plain": ("fp32, weight standardisation every call, InstanceNorm3d", False, torch.float32, False, False,
-                   False),
-    "fp32-frozen": ("fp32, frozen weight standardisation, InstanceNorm as GroupNorm", True, torch.float32, False,
-                    False, False),
-    "fp32-channels-last": ("+ channels-last (small-input norms contiguous)", True, torch.float32, True, False, False),
-    "fp32-channels-last-allocator": ("+ freed memory kept (`lckd segment`'s allocator setting)", True, torch.float32,
-                                     True, False, True),
-    "bf16-autocast": ("bf16 autocast over the frozen fp32 network (the earlier --precision bf16)", True,
-                      torch.float32, False, True, False),
-    "bf16-weights": ("bf16 weights and activations, contiguous", True, torch.bfloat16, False, False, False),
-    "bf16-channels-last": ("bf16, channels-last", True, torch.bfloat16, True, False, False),
-    "bf16-channels-last-allocator": ("bf16, channels-last, freed memory kept (what `lckd segment` runs on a CPU "
-                                     "with native bf16)", True, torch.bfloat16, True, False, True),
+
+
+@dataclass(frozen=True)
+class Variant:
+    description: str
+    freeze: bool = True  # freeze_for_inference (weight standardisation once, InstanceNorm as GroupNorm)
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    autocast: bool = False  # bf16 autocast over float32 weights
+    allocator: bool = False  # lckd segment's keep_freed_memory()
+    strided_stem: bool = False  # undo the phase-split stem that reduced-precision channels-last uses
+
+
+#: in the order the optimisations were applied; the last row is what `lckd segment` runs with native bf16
+VARIANTS: Dict[str, Variant] = {
+    "fp32-plain": Variant("fp32, weight standardisation every call, InstanceNorm3d", freeze=False),
+    "fp32-frozen": Variant("fp32, frozen weight standardisation, InstanceNorm as GroupNorm"),
+    "fp32-channels-last": Variant("+ channels-last (small-input norms contiguous)", channels_last=True),
+    "fp32-channels-last-allocator": Variant("+ freed memory kept (`lckd segment`'s allocator setting; what it runs "
+                                            "without native bf16)", channels_last=True, allocator=True),
+    "bf16-autocast": Variant("bf16 autocast over the frozen fp32 network (the earlier --precision bf16)",
+                             autocast=True),
+    "bf16-weights": Variant("bf16 weights and activations, contiguous", dtype=torch.bfloat16),
+    "bf16-channels-last-strided-stem": Variant("bf16, channels-last", dtype=torch.bfloat16, channels_last=True,
+                                               strided_stem=True),
+    "bf16-channels-last-allocator-strided-stem": Variant("+ freed memory kept", dtype=torch.bfloat16,
+                                                         channels_last=True, allocator=True, strided_stem=True),
+    "bf16-channels-last-allocator": Variant("+ phase-split stem (what `lckd segment` runs with native bf16)",
+                                            dtype=torch.bfloat16, channels_last=True, allocator=True),
 }
 
 
@@ -53,17 +68,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.list or args.variant is None:
         print("\n".join(VARIANTS))
         return 0
-    description, freeze, dtype, channels_last, autocast, allocator = VARIANTS[args.variant]
-    if allocator:
+    variant = VARIANTS[args.variant]
+    if variant.allocator:
         keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = LCKDNet(PRESETS["paper"]).eval()
-    if freeze:
-        model.freeze_for_inference(dtype, channels_last=channels_last)
+    stem = model.encoder.stem[0]
+    if variant.freeze:
+        model.freeze_for_inference(variant.dtype, channels_last=variant.channels_last)
+    if variant.strided_stem:
+        model.encoder.stem[0] = stem  # frozen in place with the others, before the phase split replaced it
     predictor = TilePredictor(model, [True] * 4, reuse_absent=True)
     tile = torch.randn(1, 4, *TILE)
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if variant.autocast else contextlib.nullcontext()
     times = []
     with torch.no_grad(), context:
         for index in range(args.runs + 1):
@@ -71,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             predictor(tile)
             if index:
                 times.append(time.perf_counter() - start)
-    print(json.dumps({"variant": args.variant, "description": description, "seconds": round(min(times), 3),
+    print(json.dumps({"variant": args.variant, "description": variant.description, "seconds": round(min(times), 3),
                       "runs": args.runs}), flush=True)
     return 0
 
