@@ -98,3 +98,17 @@ def test_save_refuses_a_card_that_does_not_describe_the_model(tmp_path):
     with pytest.raises(ModelFileError):
         save_model(tmp_path / "x.safetensors", model, card)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_loading_skips_random_initialisation_only_while_it_builds(tmp_path, tiny_model):
+    originals = {name: getattr(torch.nn.init, name) for name in ("kaiming_normal_", "kaiming_uniform_", "uniform_")}
+    load_model(tiny_model)
+    with pytest.raises(ModelFileError, match="do not match preset"):
+        load_model(_rewrite_card(tiny_model, tmp_path / "a.safetensors", preset="small",
+                                 network=PRESETS["small"].to_dict()))
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals
+    torch.manual_seed(0)
+    first = LCKDNet(PRESETS["tiny"]).encoder.stem[0].weight.detach()
+    torch.manual_seed(1)
+    assert not torch.equal(first, LCKDNet(PRESETS["tiny"]).encoder.stem[0].weight)
+    assert float(first.std()) > 0

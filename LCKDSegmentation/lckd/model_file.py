@@ -8,11 +8,12 @@ without torch (the Slicer GUI) can show the card.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ModelFileError
 from .io import PathLike, atomic_path
@@ -143,6 +144,24 @@ def save_model(path: PathLike, model, card: ModelCard) -> Path:
     return Path(path)
 
 
+@contextlib.contextmanager
+def _random_initialisation_skipped() -> Iterator[None]:
+    """Build modules without drawing their random initial weights, when every weight is loaded
+    next: torch.nn.init's random fills are no-ops meanwhile (as Hugging Face transformers does
+    when it loads a checkpoint). Drawing them took 0.58 s of the paper preset's 0.60 s build."""
+    from torch.nn import init
+
+    names = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_")
+    saved = {name: getattr(init, name) for name in names}
+    for name in names:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
 def load_model(path: PathLike, device: str = "cpu"):
     """Build the network described by the card and load its weights; returns (model, card)."""
     from safetensors import SafetensorError
@@ -166,7 +185,8 @@ def load_model(path: PathLike, device: str = "cpu"):
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{path}: damaged model file ({error})") from None
-    model = LCKDNet(config)
+    with _random_initialisation_skipped():
+        model = LCKDNet(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if expected != found:
@@ -174,5 +194,5 @@ def load_model(path: PathLike, device: str = "cpu"):
         wrong = sorted(n for n in set(expected) & set(found) if expected[n] != found[n])[:3]
         raise ModelFileError(f"{path}: the weights do not match preset {card.preset!r} "
                              f"(missing {missing or 'none'}, wrong shape {wrong or 'none'})")
-    model.load_state_dict(state)
+    model.load_state_dict(state)  # strict: every parameter is overwritten
     return model.to(device), card

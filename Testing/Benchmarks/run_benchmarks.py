@@ -269,7 +269,7 @@ def write_report(report: Path, device: str, rows: List[Dict], training: List[Dic
                      f"{t['iterations_per_s']:.2f} | {peak} |")
     if ablation:
         lines += ["", "Per paper tile (`tile_ablation.py`: one 80x160x160 tile, 4 sequences, random weights, "
-                  "2 threads, one process per variant, best of 2 calls after a warm-up):", "",
+                  "2 threads, one process per variant, best of 3 calls after a warm-up):", "",
                   "| variant | s per tile | vs the first row |", "| --- | ---: | ---: |"]
         for a in ablation:
             lines.append(f"| {a['description']} | {a['seconds']:.2f} | {a['seconds'] / ablation[0]['seconds']:.2f} |")

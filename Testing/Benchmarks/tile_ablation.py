@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS))
     parser.add_argument("--list", action="store_true", help="print the variants in order and exit")
-    parser.add_argument("--runs", type=int, default=2, help="timed calls after one warm-up (best reported)")
+    parser.add_argument("--runs", type=int, default=3, help="timed calls after one warm-up (best reported)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.list or args.variant is None:
