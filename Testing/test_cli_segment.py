@@ -128,3 +128,13 @@ def test_segment_process_flushes_everything_before_its_fast_exit(write_case, tin
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["event"] == "done"
     assert read(out).shape == read(files["t1"]).shape
+
+
+def test_a_profiled_segment_process_exits_normally_so_the_profile_is_written(write_case, tiny_model, tmp_path):
+    files = write_case(("t2",))
+    profile = tmp_path / "segment.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "lckd", "segment",
+                             "--t2", str(files["t2"]), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model),
+                             "--progress", "none"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert profile.stat().st_size > 0

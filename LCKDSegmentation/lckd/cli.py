@@ -221,11 +221,13 @@ def console_main() -> None:
     ``segment`` ends the process with ``os._exit`` once the streams are flushed: its outputs are
     written and closed by then, and the interpreter's teardown of the torch and MONAI modules took
     1.0 s of every run (0.05 s with ``os._exit``; Resources/Docs/Benchmarks.md). The other commands
-    (training writes TensorBoard files and may hold a process group) exit normally.
+    (training writes TensorBoard files and may hold a process group) exit normally, and so does a
+    profiled or traced run.
     """
     args = build_parser().parse_args()
     code = _run(args)
-    if args.command == "segment":
+    profiled = sys.getprofile() is not None or sys.gettrace() is not None  # cProfile, coverage: let them write
+    if args.command == "segment" and not profiled:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
