@@ -3,8 +3,9 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MB) with a fresh ``mmap``
 and returns it to the system on ``free``; the next block of that size is page-faulted in again,
 4 KiB at a time. The network's activations are such blocks (a paper tile's stem output is 262 MB
-in bf16), so every layer paid for faulting in its output: a paper tile took 3.26 s with the
-default and 2.40-2.63 s with the setting below (2 threads, bf16, Resources/Docs/Benchmarks.md).
+in bf16), so every layer paid for faulting in its output: a channels-last paper tile took 3.10 s
+in bf16 and 6.43 s in fp32 with the default, 2.36 s and 4.20 s with the setting below (2 threads;
+`Testing/Benchmarks/tile_ablation.py`, Resources/Docs/Benchmarks.md).
 Serving large blocks from the heap and never trimming it makes freed activations reusable without
 faults; the price is that the process keeps its peak memory until it exits, which suits a
 command that exits after its cases. It is what the PyTorch CPU tuning guides get from jemalloc
