@@ -7,10 +7,10 @@ import pytest
 from scipy import ndimage
 
 from conftest import synthetic_head, world_blob, world_coordinates
-from lckd.geometry import Grid, resample, working_grid
+from lckd.geometry import Grid, from_network_axes, resample, working_grid
 from lckd.io import Volume
-from lckd.preparation import prepare_case, probabilities_to_reference
-from lckd.preprocess import Normalisation
+from lckd.preparation import prepare_case, probabilities_to_reference, reference_footprint
+from lckd.preprocess import Normalisation, uncrop
 
 BLOB = (12.0, -6.0, 9.0)
 # The small test lesion would fall in sparse histogram bins; keep it unclipped so it stays visible.
@@ -97,3 +97,22 @@ def test_reference_choice_and_override():
     volumes = {"flair": Volume(head, affine), "t2": Volume(head, affine), "t1": Volume(head, affine)}
     assert prepare_case(volumes, (2, 2, 2), UNCLIPPED).reference == "t1"
     assert prepare_case(volumes, (2, 2, 2), UNCLIPPED, reference="t2").reference == "t2"
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_mapping_back_only_the_brain_footprint_equals_mapping_the_whole_grid(name):
+    affine, shape = REFERENCES[name]
+    head = synthetic_head(shape, affine, blob_centre=BLOB)
+    head[:12], head[-12:], head[:, :12], head[:, -12:] = 0, 0, 0, 0  # a brain smaller than the field of view
+    reference = Volume(data=head, affine=affine)
+    prepared = prepare_case({"t1ce": reference}, spacing_mm=(1.5, 2.5, 2.0), normalisation=UNCLIPPED)
+    probabilities = np.random.default_rng(1).random((3,) + prepared.images.shape[1:]).astype(np.float32)
+    full = from_network_axes(uncrop(probabilities, prepared.box, prepared.network_shape, fill=0.0))
+    expected = np.stack([resample(region, prepared.grid.affine, prepared.reference_grid) for region in full])
+    # same values up to float32 rounding of the shifted sampling coordinates
+    np.testing.assert_allclose(probabilities_to_reference(probabilities, prepared), expected, rtol=0, atol=1e-6)
+    footprint = reference_footprint(prepared)
+    outside = np.ones(shape, bool)
+    outside[footprint] = False
+    assert not expected[:, outside].any()  # the skipped voxels are exactly 0 on the whole grid
+    assert outside.any() or name == "oblique"  # an oblique grid's box around the rotated brain box is all of it here

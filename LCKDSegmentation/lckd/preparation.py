@@ -91,9 +91,36 @@ def probabilities_to_reference(probabilities: np.ndarray, prepared: PreparedCase
     """Region probabilities ``(3, *cropped network shape)`` -> ``(3, *reference shape)``.
 
     Uncrops (outside the brain box: probability 0), returns to RAS axis order and resamples each
-    region linearly onto the reference input's grid.
+    region linearly onto the reference input's grid. Only the reference voxels that can see the
+    box are interpolated (:func:`reference_footprint`); the others are 0 either way. For the demo
+    model's 2 mm grid mapped back onto the 1 mm benchmark case this took 0.56-0.66 s instead of
+    0.92-1.24 s.
     """
     full = uncrop(probabilities.astype(np.float32), prepared.box, prepared.network_shape, fill=0.0)
     on_grid = from_network_axes(full)
-    return np.stack([resample(region, prepared.grid.affine, prepared.reference_grid, order=1)
-                     for region in on_grid])
+    reference = prepared.reference_grid
+    footprint = reference_footprint(prepared)
+    out = np.zeros((len(on_grid),) + tuple(reference.shape), dtype=np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = [s.start for s in footprint]
+    part = Grid(shape=tuple(s.stop - s.start for s in footprint), affine=reference.affine @ shift)
+    for index, region in enumerate(on_grid):
+        out[(index,) + footprint] = resample(region, prepared.grid.affine, part, order=1)
+    return out
+
+
+def reference_footprint(prepared: PreparedCase) -> Box:
+    """The reference-grid box (i, j, k slices) of the voxels whose linear interpolation on the
+    working grid reads a voxel of the brain box; every other reference voxel samples only zeros."""
+    # the brain box in working-grid (x, y, z) voxel coordinates, widened by the one voxel that
+    # linear interpolation reaches from outside it
+    low = np.array([s.start for s in reversed(prepared.box)], dtype=np.float64) - 1
+    high = np.array([s.stop for s in reversed(prepared.box)], dtype=np.float64)
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1])
+                        for z in (low[2], high[2])])
+    reference = prepared.reference_grid
+    to_reference = np.linalg.inv(reference.affine) @ prepared.grid.affine
+    voxels = (to_reference @ corners.T)[:3]
+    start = np.maximum(np.floor(voxels.min(axis=1)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(voxels.max(axis=1)).astype(int) + 2, reference.shape)
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(start, stop))
