@@ -17,11 +17,10 @@ from lckd.cli import default_model
 from lckd.errors import LCKDError
 from lckd.labels import regions_from_labels
 from lckd.segmenter import Segmenter
-from training.evaluation import dice
+from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
 
 OUTPUT = Path("demo_output")
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
-REPORTED = {"ET": 0, "TC": 2, "WT": 1}  # BraTS reporting order -> region channel
 
 
 def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict) -> None:
@@ -69,12 +68,12 @@ def main() -> int:
     card = segmenter.card
     print(f"model: {card.name} ({card.method}, preset {card.preset}) on {segmenter.device}")
     predictions = {}
-    print(f"{'sequences':<22}" + "".join(f"{r:>8}" for r in REPORTED) + f"{'seconds':>10}")
+    print(f"{'sequences':<22}" + "".join(f"{r:>8}" for r in REPORTED_REGIONS) + f"{'seconds':>10}")
     for subset in SUBSETS:
         output = OUTPUT / f"segmentation_{'+'.join(subset)}.nii.gz"
         result = segmenter.segment_to_file({s: case.sequences[s] for s in subset}, output)
         truth_regions, found = regions_from_labels(truth), regions_from_labels(result.labels)
-        scores = [dice(found[i], truth_regions[i]) for i in REPORTED.values()]
+        scores = [dice(found[i], truth_regions[i]) for i in (REGION_INDEX[r] for r in REPORTED_REGIONS)]
         print(f"{'+'.join(subset):<22}" + "".join(f"{s:8.3f}" for s in scores)
               + f"{sum(result.seconds.values()):10.1f}")
         predictions["+".join(subset)] = result.labels

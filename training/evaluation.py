@@ -26,7 +26,7 @@ from lckd.sequences import all_subsets, presence_mask, subset_key
 from .data import CachedCase
 
 REPORTED_REGIONS = ("ET", "TC", "WT")
-_REGION_INDEX = {"ET": 0, "WT": 1, "TC": 2}
+REGION_INDEX = {"ET": 0, "WT": 1, "TC": 2}  # region -> channel of lckd.labels.regions_from_labels
 EMPTY_HD95 = 373.13
 
 
@@ -76,7 +76,7 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
             found = regions_from_labels(relabel_small_enhancing(labels) if postprocess else labels)
             key = subset_key(subset)
             for region in REPORTED_REGIONS:
-                index = _REGION_INDEX[region]
+                index = REGION_INDEX[region]
                 dice_sum[key][region] += dice(found[index], truth[index])
                 hd_sum[key][region] += hd95(found[index], truth[index], spacing)
             if on_step is not None:

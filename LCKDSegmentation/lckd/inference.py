@@ -81,7 +81,8 @@ class TilePredictor:
         self.present = [bool(p) for p in present]
         self.reuse_absent = reuse_absent
         self.on_tile = on_tile
-        self.dtype = next(model.parameters()).dtype
+        first = next(model.parameters())
+        self.dtype, self.device = first.dtype, first.device
         self.memory_format = model.memory_format
         self._absent_parts: Dict[Tuple[int, ...], List[Optional[torch.Tensor]]] = {}
         self._skip_weights: List[List[torch.Tensor]] = []
@@ -101,7 +102,7 @@ class TilePredictor:
             if not absent:
                 self._absent_parts[shape] = [None] * len(self.model.decoder.skip)
             else:
-                zero = torch.zeros((1, 1) + shape, dtype=self.dtype, device=next(self.model.parameters()).device)
+                zero = torch.zeros((1, 1) + shape, dtype=self.dtype, device=self.device)
                 features = list(reversed(self.model.encoder(zero.contiguous(memory_format=self.memory_format))[0]))
                 weights = self._weights([f.shape[1] for f in features])
                 self._absent_parts[shape] = [

@@ -30,9 +30,7 @@ from lckd.network import PRESETS, LCKDNet
 from lckd.phantom.generator import write_cases
 from lckd.segmenter import Segmenter
 from lckd.sequences import all_subsets
-from training.evaluation import dice
-
-REPORTED = {"ET": 0, "TC": 2, "WT": 1}  # BraTS reporting order -> region channel
+from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
 
 
 def paper_probability_difference() -> float:
@@ -54,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     segmenters = {precision: Segmenter(BUNDLED_MODEL, device="cpu", precision=precision)
                   for precision in ("fp32", "bf16")}
-    scores = {region: [] for region in REPORTED}
+    scores = {region: [] for region in REPORTED_REGIONS}
     worst = {}
     with tempfile.TemporaryDirectory() as work:
         for case, folder in enumerate(write_cases(Path(work), n_cases=args.cases, seed=100)):
@@ -62,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             for subset in all_subsets():
                 regions = [regions_from_labels(segmenters[p].segment_volumes({s: volumes[s] for s in subset}).labels)
                            for p in ("fp32", "bf16")]
-                for region, channel in REPORTED.items():
+                for region in REPORTED_REGIONS:
+                    channel = REGION_INDEX[region]
                     scores[region].append(dice(regions[0][channel], regions[1][channel]))
                     if scores[region][-1] <= min(scores[region]):
                         worst[region] = {"case": case, "subset": "+".join(subset),

@@ -104,10 +104,11 @@ def label_dice(a: Path, b: Path) -> str:
     import nibabel as nib
 
     from lckd.labels import regions_from_labels
-    from training.evaluation import dice
+    from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
 
     first, second = (regions_from_labels(np.asarray(nib.load(str(p)).dataobj)) for p in (a, b))
-    return " / ".join(f"{dice(first[c], second[c]):.4f}" for c in (0, 2, 1)) + " (ET / TC / WT)"
+    scores = [f"{dice(first[REGION_INDEX[r]], second[REGION_INDEX[r]]):.4f}" for r in REPORTED_REGIONS]
+    return " / ".join(scores) + f" ({' / '.join(REPORTED_REGIONS)})"
 
 
 def native_bf16(device: str) -> bool:
