@@ -10,6 +10,7 @@ from lckd.network import (
     LCKDNet,
     NetworkConfig,
     PhaseSplitConv,
+    WidthUnfoldConv,
     WSConv3d,
     count_parameters,
     network_config,
@@ -107,7 +108,25 @@ def test_phase_split_stem_equals_the_strided_convolution(shape):
         PhaseSplitConv(WSConv3d(2, 8, 3, stride=1, padding=1))
 
 
-def test_reduced_precision_inference_uses_the_phase_split_stem():
+@pytest.mark.parametrize("shape", [(2, 1, 9, 16, 16), (1, 1, 5, 17, 15), (1, 1, 6, 8, 3)])
+@pytest.mark.parametrize("stride", [(1, 2, 2), (1, 1, 1), (2, 1, 3)])
+def test_width_unfold_stem_equals_the_convolution(shape, stride):
+    torch.manual_seed(7)
+    conv = WSConv3d(1, 8, 7, stride=stride, padding=3)
+    conv.freeze_standardisation()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = conv(x)
+        actual = WidthUnfoldConv(conv)(x.contiguous(memory_format=torch.channels_last_3d))
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="single-channel"):
+        WidthUnfoldConv(WSConv3d(2, 8, 3, stride=1, padding=1))
+
+
+def test_channels_last_inference_stem_form_follows_the_precision():
     model = LCKDNet(PRESETS["tiny"]).freeze_for_inference(torch.bfloat16, channels_last=True)
     assert isinstance(model.encoder.stem[0], PhaseSplitConv)
-    assert isinstance(LCKDNet(PRESETS["tiny"]).freeze_for_inference(channels_last=True).encoder.stem[0], WSConv3d)
+    assert isinstance(LCKDNet(PRESETS["tiny"]).freeze_for_inference(channels_last=True).encoder.stem[0],
+                      WidthUnfoldConv)
+    assert isinstance(LCKDNet(PRESETS["tiny"]).freeze_for_inference().encoder.stem[0], WSConv3d)

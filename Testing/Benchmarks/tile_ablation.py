@@ -36,16 +36,20 @@ class Variant:
     channels_last: bool = False
     autocast: bool = False  # bf16 autocast over float32 weights
     allocator: bool = False  # lckd segment's keep_freed_memory()
-    strided_stem: bool = False  # undo the phase-split stem that reduced-precision channels-last uses
+    strided_stem: bool = False  # undo the channels-last stem form (width-unfold in fp32, phase-split in bf16)
 
 
-#: in the order the optimisations were applied; the last row is what `lckd segment` runs with native bf16
+#: in the order the optimisations were applied; the fourth and last rows are what `lckd segment` runs
+#: without and with native bf16
 VARIANTS: Dict[str, Variant] = {
     "fp32-plain": Variant("fp32, weight standardisation every call, InstanceNorm3d", freeze=False),
     "fp32-frozen": Variant("fp32, frozen weight standardisation, InstanceNorm as GroupNorm"),
-    "fp32-channels-last": Variant("+ channels-last (small-input norms contiguous)", channels_last=True),
-    "fp32-channels-last-allocator": Variant("+ freed memory kept (`lckd segment`'s allocator setting; what it runs "
-                                            "without native bf16)", channels_last=True, allocator=True),
+    "fp32-channels-last-strided-stem": Variant("+ channels-last (small-input norms contiguous)", channels_last=True,
+                                               strided_stem=True),
+    "fp32-channels-last-allocator-strided-stem": Variant("+ freed memory kept (`lckd segment`'s allocator setting)",
+                                                         channels_last=True, allocator=True, strided_stem=True),
+    "fp32-channels-last-allocator": Variant("+ width-unfold stem (what `lckd segment` runs without native bf16)",
+                                            channels_last=True, allocator=True),
     "bf16-autocast": Variant("bf16 autocast over the frozen fp32 network (the earlier --precision bf16)",
                              autocast=True),
     "bf16-weights": Variant("bf16 weights and activations, contiguous", dtype=torch.bfloat16),
@@ -78,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if variant.freeze:
         model.freeze_for_inference(variant.dtype, channels_last=variant.channels_last)
     if variant.strided_stem:
-        model.encoder.stem[0] = stem  # frozen in place with the others, before the phase split replaced it
+        model.encoder.stem[0] = stem  # frozen in place with the others, before its channels-last form replaced it
     predictor = TilePredictor(model, [True] * 4, reuse_absent=True)
     tile = torch.randn(1, 4, *TILE)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if variant.autocast else contextlib.nullcontext()
