@@ -158,12 +158,9 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
 
 def _add_optional_commands(subparsers) -> None:
     """``phantom`` from lckd.phantom, ``train``/``evaluate`` from the training package, when present."""
-    try:
-        from .phantom.command import add_phantom_command
-    except ImportError as error:
-        _add_unavailable(subparsers, ["phantom"], f"the phantom generator is unavailable ({error})")
-    else:
-        add_phantom_command(subparsers)
+    from .phantom.command import add_phantom_command
+
+    add_phantom_command(subparsers)
     try:
         from training.command import add_training_commands
     except ImportError as error:

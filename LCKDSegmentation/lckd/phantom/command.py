@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cases import LAYOUT_SUFFIXES
 from ..errors import LCKDError
-from .generator import LAYOUTS, write_cases
 
 
 def add_phantom_command(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument("--cases", type=int, default=1, metavar="N", help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed, >= 0 (default 0)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="brats2018",
+    parser.add_argument("--layout", choices=tuple(LAYOUT_SUFFIXES), default="brats2018",
                         help="file naming: brats2018 (default), brats2021, brats2023 (t2f/t1n/t1c/t2w, ET=3)")
     parser.add_argument("--spacing", type=float, default=1.0, metavar="MM",
                         help="voxel size in mm (default 1: 240x240x155; 2 gives 120x120x78 for fast tests)")
@@ -31,6 +31,7 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_phantom(args: argparse.Namespace) -> int:
     """Run ``lckd phantom``; bad arguments raise :class:`LCKDError` (one line, printed by the CLI)."""
+    from .generator import write_cases  # here, not at parser building: every `lckd segment` builds the parser
     if args.cases < 1:
         raise LCKDError(f"--cases {args.cases}: give at least 1")
     if args.seed < 0:
