@@ -21,12 +21,12 @@ from scipy import ndimage
 from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels, relabel_small_enhancing
 from lckd.network import LCKDNet
-from lckd.sequences import all_subsets, presence_mask, subset_key
+from lckd.sequences import REGIONS, all_subsets, presence_mask, subset_key
 
 from .data import CachedCase
 
 REPORTED_REGIONS = ("ET", "TC", "WT")
-REGION_INDEX = {"ET": 0, "WT": 1, "TC": 2}  # region -> channel of lckd.labels.regions_from_labels
+REGION_INDEX = {region: channel for channel, region in enumerate(REGIONS)}  # channel of regions_from_labels
 EMPTY_HD95 = 373.13
 
 

@@ -376,10 +376,10 @@ class WidthUnfoldConv(nn.Module):
     """A single-channel convolution computed as the identical convolution of its input's kernel-width
     shifted copies (one channel per W tap, taken at the W stride), for the float32 stem at inference.
 
-    The products and their order are those of the original; oneDNN's float32 kernels run the
-    7-channel problem much faster than the 1-channel one: the paper stem on a 4-sequence tile took
-    0.73 against 1.28 s (AVX2, 2 threads; the copies 0.04 s of it), a whole tile 6.9-7.2 against
-    7.4-7.6 s.
+    The products are those of the original; oneDNN's float32 kernels run the 7-channel problem
+    faster than the 1-channel one: the paper stem on a 4-sequence tile took 0.73-0.78 against
+    1.01-1.28 s (AVX2, 2 threads; the copies 0.04 s of it), a whole tile 0.25 s less on average
+    (Resources/Docs/Benchmarks.md).
     """
 
     def __init__(self, conv: nn.Conv3d) -> None:
