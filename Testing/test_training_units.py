@@ -90,6 +90,17 @@ def test_split_is_seeded_disjoint_and_complete():
         make_split(_case_files(3), config)
 
 
+def test_split_with_selection_on_training_holds_out_validation_only():
+    config = TrainConfig(validation_fraction=0.2, selection_on_training=True, min_held_out=2, seed=0)
+    split = make_split(_case_files(14), config)
+    assert len(split["validation"]) == 3 and len(split["train"]) == 11
+    assert split["election"] == split["meta"] == split["train"]
+    assert not set(split["validation"]) & set(split["train"])
+    assert make_split(_case_files(3), config)["train"]  # 2 validation + 1 training case suffice
+    with pytest.raises(Exception, match="train and validation"):
+        make_split(_case_files(2), config)
+
+
 def in_memory_case(images: np.ndarray, labels: np.ndarray) -> CachedCase:
     return CachedCase(Path("x.npz"), images, labels, tuple(np.flatnonzero(m) for m in regions_from_labels(labels)))
 

@@ -31,25 +31,34 @@ from .config import TrainConfig
 
 
 def make_split(cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
-    """A seeded split of case names into train / election / meta / validation, with no overlap."""
+    """A seeded split of case names into train / election / meta / validation.
+
+    Validation never overlaps anything. The election and meta sets are held out too, unless
+    ``selection_on_training`` (tiny data sets), where both are the training cases.
+    """
     names = sorted(case.name for case in cases if case.segmentation is not None)
-    if len(names) < 3 * config.min_held_out + 1:
+    held_out_sets = 1 if config.selection_on_training else 3
+    if len(names) < held_out_sets * config.min_held_out + 1:
+        parts = "train and validation" if config.selection_on_training else "train, election, meta and validation"
         raise InputError(f"only {len(names)} labelled case(s) found; training needs at least "
-                         f"{3 * config.min_held_out + 1} (train, election, meta and validation sets)")
+                         f"{held_out_sets * config.min_held_out + 1} ({parts} sets)")
     order = np.random.default_rng(config.seed).permutation(len(names))
     shuffled = [names[i] for i in order]
 
     def count(fraction: float) -> int:
         return max(config.min_held_out, int(round(fraction * len(names))))
 
-    sizes = {"validation": count(config.validation_fraction), "election": count(config.election_fraction),
-             "meta": count(config.meta_fraction)}
+    parts = ("validation",) if config.selection_on_training else ("validation", "election", "meta")
     split: Dict[str, List[str]] = {}
     start = 0
-    for name in ("validation", "election", "meta"):
-        split[name] = sorted(shuffled[start:start + sizes[name]])
-        start += sizes[name]
+    for name in parts:
+        size = count(getattr(config, f"{name}_fraction"))
+        split[name] = sorted(shuffled[start:start + size])
+        start += size
     split["train"] = sorted(shuffled[start:])
+    if config.selection_on_training:
+        split["election"] = list(split["train"])
+        split["meta"] = list(split["train"])
     return split
 
 
