@@ -193,45 +193,6 @@ def test_download_from_a_local_address_is_verified_and_cancellable(tmp_path, mon
 
 # -- dependencies ----------------------------------------------------------------------------------
 
-class FakeSlicer:
-    """Records what the module asks of Slicer: confirmations and pip calls."""
-
-    def __init__(self, agree=True, packaging=False):
-        self.calls = []
-        self.util = SimpleNamespace(confirmOkCancelDisplay=self._confirm, pip_install=self._pip_install)
-        if packaging:
-            self.packaging = SimpleNamespace(pip_ensure=self._pip_ensure, load_requirements=self._load)
-        self.agree = agree
-
-    def _confirm(self, text, title=None):
-        self.calls.append(("confirm", text))
-        return self.agree
-
-    def _pip_install(self, arguments):
-        self.calls.append(("pip_install", list(arguments)))
-
-    def _pip_ensure(self, requirements, constraints=None, skip_packages=None, prompt_install=True,
-                    prompt_restart=True, requester=None, skip_in_testing=True, show_progress=True):
-        self.calls.append(("pip_ensure", list(requirements), skip_packages, prompt_install, requester,
-                           Path(constraints).read_text() if constraints else None))
-
-    def _load(self, path):
-        return dependencies.requirements(path)
-
-
-class FakeTorchUtils:
-    def __init__(self, available=True):
-        self.available = available
-        self.requests = []
-
-    def PyTorchUtilsLogic(self):  # noqa: N802  (the PyTorch extension's API)
-        return self
-
-    def installTorch(self, askConfirmation=True, torchVersionRequirement=None):  # noqa: N802, N803
-        self.requests.append((askConfirmation, torchVersionRequirement))
-        return object() if self.available else None
-
-
 def test_requirements_are_bounded_and_never_torch():
     lines = dependencies.requirements()
     assert lines and all(">=" in line for line in lines)
@@ -249,43 +210,152 @@ def test_missing_requirements_check_versions(tmp_path):
     assert "nibabel: " in dependencies.versionsText(path)
 
 
-def test_ensure_dependencies_asks_first_and_protects_torch(tmp_path):
+@pytest.mark.parametrize("version, specifier, expected", [
+    ("2.13.0+cpu", ">=2.1", True), ("2.0.1", ">=2.1", False), ("2.1", ">=2.1", True), ("10.0", ">=9.9", True),
+    ("1.3.2", ">=1.3,>=1.2", True), ("1.2.9", ">=1.3", False)])
+def test_version_bounds_with_and_without_the_packaging_package(version, specifier, expected, monkeypatch):
+    assert dependencies.versionSatisfies(version, specifier) is expected
+    monkeypatch.setitem(sys.modules, "packaging.specifiers", None)  # Slicer 5.8 may lack `packaging`
+    assert dependencies.versionSatisfies(version, specifier) is expected
+
+
+@pytest.fixture
+def fake_index(tmp_path, monkeypatch):
+    """A package index whose packages install into a folder on this process's and the children's paths."""
+    from conftest import PackageIndexStandIn
+
+    site = tmp_path / "site"
+    index = PackageIndexStandIn(site, {
+        "lckd-fake-app": ("1.0", ["lckd-fake-dep>=2.0"], None),
+        "lckd-fake-dep": ("2.1", [], None),
+        "lckd-fake-broken": ("1.0", [], "libGL.so.1: cannot open shared object file"),
+    })
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return index
+
+
+def _requirements_file(tmp_path, *lines):
     path = tmp_path / "requirements.txt"
-    path.write_text("nibabel>=1.0\nno-such-package-lckd>=1\n")
+    path.write_text("".join(f"{line}\n" for line in ("nibabel>=1.0", *lines)))
+    return path
 
-    declined = FakeSlicer(agree=False)
-    assert not dependencies.ensureDependencies(slicerModule=declined, torchUtils=FakeTorchUtils(), path=path)
-    assert [call[0] for call in declined.calls] == ["confirm"] and "no-such-package-lckd" in declined.calls[0][1]
 
-    without_torch = FakeSlicer()
-    assert not dependencies.ensureDependencies(slicerModule=without_torch, torchUtils=FakeTorchUtils(False),
-                                               path=path)
-    assert without_torch.calls == []
+def _stand_in(monkeypatch, tmp_path, index=None, **options):
+    pytest.importorskip("slicer")
+    from conftest import SlicerStandIn
 
-    old = FakeSlicer()  # Slicer < 5.11: slicer.util.pip_install with torch pinned by a constraints file
-    torch_utils = FakeTorchUtils()
-    dependencies.ensureDependencies(slicerModule=old, torchUtils=torch_utils, path=path)
-    assert torch_utils.requests == [(True, dependencies.MINIMUM_TORCH)]
-    kind, arguments = old.calls[1]
-    assert kind == "pip_install" and arguments[0] == "-c" and arguments[2:] == ["no-such-package-lckd>=1"]
-    assert not Path(arguments[1]).exists()  # the constraints file is removed afterwards
+    return SlicerStandIn(monkeypatch, tmp_path, index=index, **options)
 
-    new = FakeSlicer(packaging=True)  # Slicer >= 5.11: slicer.packaging.pip_ensure
-    dependencies.ensureDependencies(slicerModule=new, torchUtils=FakeTorchUtils(), path=path)
-    kind, requested, skipped, prompt, requester, constraints = new.calls[1]
-    assert kind == "pip_ensure" and "torch" in skipped and prompt is False and requester == "LCKDSegmentation"
-    assert constraints.startswith("torch==") and not any("torch" in line for line in requested)
 
-    reinstall = FakeSlicer()
-    dependencies.ensureDependencies(slicerModule=reinstall, reinstall=True, torchUtils=FakeTorchUtils(), path=path)
-    kind, arguments = reinstall.calls[1]
-    assert arguments[:2] == ["--force-reinstall", "--no-deps"] and "nibabel>=1.0" in arguments
+def test_torch_is_installed_only_when_missing_or_too_old(tmp_path, monkeypatch):
+    """PyTorchUtils' installTorch asks and installs on every call: it is called only when needed."""
+    slicer = _stand_in(monkeypatch, tmp_path)
+    imported_before = set(sys.modules)
+    assert dependencies.ensureTorch(torchUtils=slicer.torchUtils)  # torch 2.13 is installed: nothing happens
+    assert slicer.events == []
+    assert not {name for name in set(sys.modules) - imported_before if name.split(".")[0] == "torch"}
 
-    satisfied = tmp_path / "satisfied.txt"
-    satisfied.write_text("nibabel>=1.0\n")
-    quiet = FakeSlicer()
-    assert dependencies.ensureDependencies(slicerModule=quiet, torchUtils=FakeTorchUtils(), path=satisfied)
-    assert quiet.calls == []
+    slicer.agree = False
+    assert not dependencies.ensureTorch(torchUtils=slicer.torchUtils, requirement=">=99")  # too old: asked
+    assert [kind for kind, *_ in slicer.events] == ["confirm"] and "light-the-torch" in slicer.events[0][1]
+    slicer.agree = True
+    slicer.events.clear()
+    assert not dependencies.ensureTorch(torchUtils=slicer.torchUtils, requirement=">=99")  # still too old after
+    assert slicer.events[1] == ("light_the_torch", ["install", "torch>=99", "torchvision"])
+
+
+def test_slicer_5_8_pip_install_with_protected_packages_pinned(tmp_path, monkeypatch, fake_index):
+    slicer = _stand_in(monkeypatch, tmp_path, index=fake_index)
+    path = _requirements_file(tmp_path, "lckd-fake-app>=1.0")
+    assert not hasattr(slicer.slicer, "packaging")
+    slicer.agree = False
+    assert not dependencies.ensureDependencies(slicerModule=slicer.slicer, torchUtils=slicer.torchUtils, path=path,
+                                               python=sys.executable)
+    assert [kind for kind, *_ in slicer.events] == ["confirm"] and "lckd-fake-app>=1.0" in slicer.events[0][1]
+
+    slicer.agree = True
+    slicer.events.clear()
+    assert dependencies.ensureDependencies(slicerModule=slicer.slicer, torchUtils=slicer.torchUtils, path=path,
+                                           python=sys.executable)
+    kind, arguments = slicer.events[1]
+    assert kind == "pip" and arguments[:2] == ["install", "-c"] and arguments[3:] == ["lckd-fake-app>=1.0"]
+    assert "--no-deps" not in arguments and not Path(arguments[2]).exists()  # constraints file removed after
+    assert importlib_version("lckd-fake-dep") == "2.1"  # its dependency came with it
+
+    slicer.events.clear()
+    assert dependencies.ensureDependencies(slicerModule=slicer.slicer, torchUtils=slicer.torchUtils, path=path)
+    assert slicer.events == []  # all there: nothing asked, nothing installed
+
+
+def importlib_version(name):
+    import importlib.metadata
+
+    importlib.invalidate_caches()
+    return importlib.metadata.version(name)
+
+
+def test_slicer_5_12_packaging_is_imported_and_dependencies_are_installed(tmp_path, monkeypatch, fake_index):
+    """slicer.packaging exists only once imported; pip_ensure without skip_packages keeps the dependencies."""
+    slicer = _stand_in(monkeypatch, tmp_path, index=fake_index, version=(5, 12))
+    path = _requirements_file(tmp_path, "lckd-fake-app>=1.0")
+    assert not hasattr(slicer.slicer, "packaging")  # as in Slicer: its __init__ does not import it
+    assert dependencies.ensureDependencies(slicerModule=slicer.slicer, torchUtils=slicer.torchUtils, path=path,
+                                           python=sys.executable)
+    ensured = [event for event in slicer.events if event[0] == "pip_ensure"]
+    assert len(ensured) == 1 and ensured[0][1] == ["lckd-fake-app>=1.0"]
+    options = ensured[0][2]
+    assert options["skip_packages"] is None and options["prompt_install"] is False
+    pinned = [event for event in slicer.events if event[0] == "pip"][0][1]
+    assert "--no-deps" not in pinned
+    assert importlib_version("lckd-fake-dep") == "2.1"
+
+
+def test_an_installed_package_that_does_not_import_is_an_error(tmp_path, monkeypatch, fake_index):
+    """The metadata says installed; the segmenter's interpreter cannot import it: say so, do not go on."""
+    slicer = _stand_in(monkeypatch, tmp_path, index=fake_index, version=(5, 12))
+    path = _requirements_file(tmp_path, "lckd-fake-broken>=1.0")
+    with pytest.raises(dependencies.DependencyError, match="import lckd_fake_broken fails: ImportError: libGL"):
+        dependencies.ensureDependencies(slicerModule=slicer.slicer, torchUtils=slicer.torchUtils, path=path,
+                                        python=sys.executable)
+    assert dependencies.missingRequirements(path) == []  # what the metadata alone would have said
+
+
+def test_verification_reports_missing_sub_dependencies(tmp_path, fake_index):
+    fake_index.install("lckd-fake-app", no_deps=True)  # what skip_packages (--no-deps) leaves behind
+    problems = dependencies.verifyEnvironment(["lckd-fake-app>=1.0", "nibabel>=1.0"], python=sys.executable)
+    assert "lckd-fake-dep is not installed (needed by lckd-fake-app)" in problems
+    assert any(problem.startswith("import lckd_fake_app fails") for problem in problems)
+    fake_index.install("lckd-fake-dep", no_deps=False)
+    assert dependencies.verifyEnvironment(["lckd-fake-app>=1.0", "nibabel>=1.0", "torch>=2.1"],
+                                          python=sys.executable) == []
+
+
+@pytest.mark.parametrize("version", [(5, 8), (5, 12)])
+def test_testing_mode_installs_without_asking_and_says_so(tmp_path, monkeypatch, fake_index, version, caplog):
+    """Under --testing (the in-Slicer self-test) pip_ensure would skip; the module installs and logs it."""
+    slicer = _stand_in(monkeypatch, tmp_path, index=fake_index, version=version, testing=True, agree=False)
+    path = _requirements_file(tmp_path, "lckd-fake-app>=1.0")
+    caplog.set_level("INFO")
+    assert dependencies.ensureDependencies(askConfirmation=False, slicerModule=slicer.slicer,
+                                           torchUtils=slicer.torchUtils, path=path, python=sys.executable)
+    assert not [event for event in slicer.events if event[0] in ("confirm", "skipped in testing")]
+    assert "testing mode; installing without asking: lckd-fake-app>=1.0" in caplog.text
+    caplog.clear()
+    assert dependencies.ensureDependencies(askConfirmation=False, slicerModule=slicer.slicer,
+                                           torchUtils=slicer.torchUtils, path=path)
+    assert "testing mode; the Python packages are installed, nothing to do" in caplog.text
+
+
+def test_reinstall_keeps_dependencies_and_checks_the_result(tmp_path, monkeypatch, fake_index):
+    slicer = _stand_in(monkeypatch, tmp_path, index=fake_index)
+    fake_index.install("lckd-fake-app", no_deps=False)
+    path = _requirements_file(tmp_path, "lckd-fake-app>=1.0")
+    assert dependencies.ensureDependencies(reinstall=True, slicerModule=slicer.slicer, torchUtils=slicer.torchUtils,
+                                           path=path, python=sys.executable)
+    kind, arguments = slicer.events[1]
+    assert arguments[:3] == ["install", "--force-reinstall", "--no-deps"] and arguments[-2:] == [
+        "nibabel>=1.0", "lckd-fake-app>=1.0"]
 
 
 # -- the segmenter process on its own ------------------------------------------------------------
