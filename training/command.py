@@ -75,6 +75,24 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_label_map_shape(case) -> None:
+    """Refuse a label map whose array shape differs from its case's images (read from the headers)."""
+    import nibabel as nib
+
+    from lckd.errors import InputError
+    from lckd.preparation import choose_reference
+
+    reference = case.sequences[choose_reference(list(case.sequences))]
+    try:
+        label_shape = tuple(nib.load(str(case.segmentation)).shape[:3])
+        image_shape = tuple(nib.load(str(reference)).shape[:3])
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise InputError(f"{case.folder}: unreadable header ({type(error).__name__}: {error})") from None
+    if label_shape != image_shape:
+        raise InputError(f"{case.segmentation}: the label map's shape {label_shape} differs from the images' "
+                         f"{image_shape} ({reference.name}); it is not this case's label map")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -90,9 +108,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, card = load_model(args.model, device=str(device))
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
-    cases = [c for c in find_cases(args.data) if c.segmentation is not None]
+    found = find_cases(args.data)
+    cases = [c for c in found if c.segmentation is not None]
     if not cases:
         raise LCKDError(f"{args.data}: no labelled cases (…_seg.nii.gz) to evaluate on")
+    unlabelled = [c.name for c in found if c.segmentation is None]
+    if unlabelled:
+        shown = ", ".join(unlabelled[:10]) + (", ..." if len(unlabelled) > 10 else "")
+        sys.stderr.write(f"lckd: warning: {len(unlabelled)} case folder(s) without a label map are skipped: "
+                         f"{shown}\n")
+    for case in cases:
+        _check_label_map_shape(case)
     cache = cache_folder(args.out / "cache", card.spacing_mm[0], normalisation)
     cache.mkdir(parents=True, exist_ok=True)
     prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]

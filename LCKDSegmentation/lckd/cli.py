@@ -6,14 +6,15 @@ import argparse
 import csv
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import __version__
-from .errors import LCKDError
+from .errors import InputError, LCKDError
 from .progress import JsonReporter, Reporter, make_reporter
-from .sequences import SEQUENCE_TITLES, SEQUENCES
+from .sequences import REGIONS, SEQUENCE_TITLES, SEQUENCES
 
 #: Where the bundled demo model lies, relative to the ``lckd`` package (the module's Resources).
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "lckd-phantom-demo.safetensors"
@@ -25,11 +26,44 @@ def default_model() -> Path:
     from .errors import ModelFileError
 
     configured = os.environ.get(MODEL_ENVIRONMENT_VARIABLE)
-    path = Path(configured) if configured else BUNDLED_MODEL
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no default model is installed; pass --model FILE "
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            what = "a folder, not a model file" if path.is_dir() else "a missing file"
+            raise ModelFileError(f"{path}: ${MODEL_ENVIRONMENT_VARIABLE} points to {what}; fix the variable "
+                                 f"or pass --model FILE")
+        return path
+    if not BUNDLED_MODEL.is_file():
+        raise ModelFileError(f"{BUNDLED_MODEL}: no default model is installed; pass --model FILE "
                              f"(or set {MODEL_ENVIRONMENT_VARIABLE})")
-    return path
+    return BUNDLED_MODEL
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of threads")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (whether a GPU is there is checked when it is used)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _sequence_list(text: str) -> List[str]:
+    """argparse type: a comma-separated subset of the sequences, e.g. ``flair,t1``."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SEQUENCES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated subset of {', '.join(SEQUENCES)}")
+    return [name for name in SEQUENCES if name in names]
 
 
 def _add_segment_command(subparsers) -> None:
@@ -39,15 +73,20 @@ def _add_segment_command(subparsers) -> None:
                     "(1 necrosis/non-enhancing core, 2 oedema, 4 enhancing tumour) on the reference input's grid.")
     inputs = parser.add_argument_group("inputs (one of: sequence files, --case, --batch)")
     for name in SEQUENCES:
-        inputs.add_argument(f"--{name}", type=Path, metavar="FILE", help=f"{SEQUENCE_TITLES[name]} NIfTI image")
+        inputs.add_argument(f"--{name}", type=Path, metavar="FILE",
+                            help=f"{SEQUENCE_TITLES[name]} image: NIfTI, NRRD, MetaImage, or a DICOM series folder")
     inputs.add_argument("--case", type=Path, metavar="DIR",
                         help="a BraTS case folder (2018/2021/2023 file names are detected)")
-    inputs.add_argument("--batch", type=Path, metavar="IN_DIR", help="segment every case folder below IN_DIR")
+    inputs.add_argument("--batch", type=Path, metavar="IN_DIR",
+                        help="segment every case folder below IN_DIR into OUT_DIR/<its path below IN_DIR>.nii.gz; "
+                             "volumes.csv lists every folder with its status")
+    inputs.add_argument("--sequences", type=_sequence_list, metavar="LIST",
+                        help="with --case or --batch: use only these sequences of each case, e.g. flair,t1")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT.nii.gz", help="output label map (single case)")
     parser.add_argument("--out-dir", type=Path, metavar="OUT_DIR", help="output folder (with --batch)")
     parser.add_argument("--model", type=Path, metavar="FILE",
                         help=f"model file (.safetensors); default: ${MODEL_ENVIRONMENT_VARIABLE} or the bundled model")
-    parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", type=_device, help="auto (GPU if available), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="network arithmetic (default auto: bf16 on a CPU with native bf16, "
                              "AVX-512-BF16 or AMX; fp32 elsewhere, GPUs included)")
@@ -59,7 +98,8 @@ def _add_segment_command(subparsers) -> None:
                         help="relabel enhancing tumour as necrosis when it has fewer than 500 voxels")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                         help="progress display; json prints one JSON object per line (default: bar on a terminal)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice)")
     parser.set_defaults(func=run_segment)
 
 
@@ -71,10 +111,21 @@ def _single_case_files(args: argparse.Namespace) -> Dict[str, Path]:
         if files:
             raise LCKDError("give either --case or sequence files (--flair/--t1/--t1ce/--t2), not both")
         files = dict(read_case_folder(args.case).sequences)
+        if args.sequences:
+            files = _subset(files, args.sequences, args.case)
+    elif args.sequences:
+        raise LCKDError("--sequences selects from a case folder; with sequence files, give only the ones to use")
     if not files:
         raise LCKDError("no input sequence given: give at least one of --flair, --t1, --t1ce, --t2 "
                         "(or --case DIR, or --batch IN_DIR --out-dir OUT_DIR)")
     return files
+
+
+def _subset(files: Dict[str, Path], wanted: Sequence[str], folder: Path) -> Dict[str, Path]:
+    missing = [SEQUENCE_TITLES[name] for name in wanted if name not in files]
+    if missing:
+        raise InputError(f"{folder}: no {', '.join(missing)} file (asked for by --sequences)")
+    return {name: files[name] for name in wanted}
 
 
 def _print_result(output: Path, result) -> None:
@@ -84,31 +135,49 @@ def _print_result(output: Path, result) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """``lckd segment``: one case, or a folder of cases with ``--batch``."""
-    from .allocator import keep_freed_memory
-    from .segmenter import Segmenter
+    """``lckd segment``: one case, or a folder of cases with ``--batch``.
 
-    keep_freed_memory()  # this process exits after its cases: trade its peak memory for fewer page faults
+    With ``--progress json`` every failure, expected or not, ends the stream with an ``error`` event.
+    """
     progress = args.progress
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "none"
     reporter = make_reporter(progress)
     try:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        options = dict(reference=args.reference, labels=args.labels, postprocess=args.postprocess)
-        if args.batch is not None:
-            return _run_batch(args, reporter, options)
-        files = _single_case_files(args)
-        if args.output is None:
-            raise LCKDError("give the output file with -o OUT.nii.gz")
-        segmenter = Segmenter(args.model or default_model(), device=args.device, precision=args.precision)
-        result = segmenter.segment_to_file(files, args.output, reporter=reporter, **options)
-    except LCKDError as error:
-        reporter.error(str(error))
+        return _segment(args, reporter, progress)
+    except BaseException as error:
+        reporter.error(_failure_message(error))
         raise
+
+
+def _failure_message(error: BaseException) -> str:
+    if isinstance(error, LCKDError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; nothing was written"
+    return f"unexpected failure ({type(error).__name__}: {error})"
+
+
+def _segment(args: argparse.Namespace, reporter: Reporter, progress: str) -> int:
+    from .allocator import keep_freed_memory
+    from .output_safety import check_output, protected_files
+    from .segmenter import Segmenter
+
+    keep_freed_memory()  # this process exits after its cases: trade its peak memory for fewer page faults
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = dict(reference=args.reference, labels=args.labels, postprocess=args.postprocess)
+    if args.batch is not None:
+        return _run_batch(args, reporter, options)
+    files = _single_case_files(args)
+    if args.output is None:
+        raise LCKDError("give the output file with -o OUT.nii.gz")
+    model = args.model or default_model()
+    check_output(args.output, protected_files(files, case_folder=args.case, model=model))
+    segmenter = Segmenter(model, device=args.device, precision=args.precision)
+    result = segmenter.segment_to_file(files, args.output, reporter=reporter, **options)
     if progress == "json":
         reporter.done(dict(output=str(args.output), **result.summary()))
     else:
@@ -117,43 +186,89 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Columns of ``volumes.csv``: one row per folder of the batch, whatever became of it.
+BATCH_COLUMNS = ["case", "sequences", "seconds"] + [f"{region}_ml" for region in REGIONS] + \
+    ["status", "reason", "output"]
+
+
 def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> int:
-    from .cases import find_cases
+    """Every folder below ``--batch``: segmented, failed (with the reason) or skipped (not a case).
+
+    Outputs keep each case folder's path below the batch folder (``HGG/X`` -> ``OUT/HGG/X.nii.gz``),
+    so two cases of one name never share an output. ``volumes.csv`` has a row per folder; the exit
+    code is 0 only when every folder was segmented.
+    """
+    from .cases import scan_folders
+    from .output_safety import check_output, protected_files
     from .segmenter import Segmenter
 
     if args.out_dir is None:
         raise LCKDError("--batch needs --out-dir OUT_DIR")
     if any(getattr(args, name) for name in SEQUENCES) or args.case or args.output:
         raise LCKDError("--batch takes no sequence files, --case or -o (outputs go to --out-dir)")
-    cases = find_cases(args.batch)
-    segmenter = Segmenter(args.model or default_model(), device=args.device, precision=args.precision)
+    out_dir = os.path.realpath(args.out_dir)
+    scanned = [entry for entry in scan_folders(args.batch)  # a results folder inside the batch folder is no case
+               if not (os.path.realpath(entry.folder) + os.sep).startswith(out_dir + os.sep)]
+    if not any(entry.case is not None for entry in scanned):
+        raise InputError(f"{args.batch}: no BraTS case folders found")
+    model = args.model or default_model()
+    every_input: Dict[str, str] = protected_files({}, model=model)
+    for entry in scanned:
+        every_input.update(protected_files({}, case_folder=entry.folder))
+    table = args.out_dir / "volumes.csv"
+    check_output(table, every_input)
+    segmenter = Segmenter(model, device=args.device, precision=args.precision)
     rows: List[Dict[str, object]] = []
-    failures = 0
-    for case in cases:
-        output = args.out_dir / f"{case.name}.nii.gz"
+    for entry in scanned:
+        row: Dict[str, object] = dict(case=entry.relative)
+        if entry.case is None:
+            row.update(status="failed" if entry.failed else "skipped", reason=entry.reason)
+            if entry.failed:
+                sys.stderr.write(f"lckd: error: {entry.relative}: {entry.reason}\n")
+            rows.append(row)
+            continue
+        output = args.out_dir / f"{entry.relative}.nii.gz"
         try:
-            result = segmenter.segment_to_file(case.sequences, output, reporter=reporter, **options)
+            files = entry.case.sequences
+            if args.sequences:
+                files = _subset(dict(files), args.sequences, entry.folder)
+            check_output(output, protected_files(files, case_folder=entry.folder, model=model))
+            result = segmenter.segment_to_file(files, output, reporter=reporter, **options)
         except LCKDError as error:
-            failures += 1
-            reporter.error(f"{case.name}: {error}")
-            sys.stderr.write(f"lckd: error: {case.name}: {error}\n")
+            reporter.error(f"{entry.relative}: {error}")
+            sys.stderr.write(f"lckd: error: {entry.relative}: {error}\n")
+            rows.append(dict(row, status="failed", reason=str(error)))
             continue
         if isinstance(reporter, JsonReporter):
-            reporter.done(dict(case=case.name, output=str(output), **result.summary()))
+            reporter.done(dict(case=entry.relative, output=str(output), **result.summary()))
         else:
             _print_result(output, result)
-        volumes = {f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()}
-        rows.append(dict(case=case.name, sequences="+".join(result.sequences),
-                         seconds=round(sum(result.seconds.values()), 2), **volumes))
-    if rows:
-        from .io import atomic_path
+        row.update({f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()})
+        rows.append(dict(row, sequences="+".join(result.sequences), seconds=round(sum(result.seconds.values()), 2),
+                         status="segmented", output=str(output)))
+    from .io import atomic_path
 
-        with atomic_path(args.out_dir / "volumes.csv") as temporary, open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    sys.stderr.write(f"lckd: {len(rows)} of {len(cases)} cases segmented into {args.out_dir}\n")
-    return 1 if failures else 0
+    with atomic_path(table) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=BATCH_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return _report_batch(rows, args.out_dir, table, reporter)
+
+
+def _report_batch(rows: List[Dict[str, object]], out_dir: Path, table: Path, reporter: Reporter) -> int:
+    """The summary line (and the JSON stream's last event); the exit code: 0 only if all were segmented."""
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("segmented", "failed", "skipped")}
+    others = "; ".join(f"{row['case']} {row['status']} ({row['reason']})" for row in rows
+                       if row["status"] != "segmented")
+    summary = (f"{counts['segmented']} of {len(rows)} folders segmented into {out_dir}, {counts['failed']} failed, "
+               f"{counts['skipped']} skipped; table {table}")
+    sys.stderr.write(f"lckd: {summary}\n" + (f"lckd: not segmented: {others}\n" if others else ""))
+    folders = [dict(case=row["case"], status=row["status"], reason=row.get("reason", "")) for row in rows]
+    if counts["segmented"] == len(rows):
+        reporter.done(dict(batch=str(out_dir), table=str(table), folders=folders, **counts))
+        return 0
+    reporter.error(summary)
+    return 1
 
 
 def _add_optional_commands(subparsers) -> None:
@@ -193,7 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; user errors print one line (no traceback) and return a non-zero code."""
-    return _run(build_parser().parse_args(argv))
+    return _run(_parse(argv))
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse the command line; a refused one still ends a ``--progress json`` stream with an error event."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return build_parser().parse_args(words)
+    except SystemExit as stop:
+        json_requested = any(word in ("--progress=json",) or (word == "--progress" and following == "json")
+                             for word, following in zip(words, words[1:] + [""]))
+        if stop.code not in (0, None) and json_requested:
+            JsonReporter().error("invalid command line (see the message on stderr)")
+        raise
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -221,7 +349,7 @@ def console_main() -> None:
     (training writes TensorBoard files and may hold a process group) exit normally, and so does a
     profiled or traced run.
     """
-    args = build_parser().parse_args()
+    args = _parse(None)
     code = _run(args)
     profiled = sys.getprofile() is not None or sys.gettrace() is not None  # cProfile, coverage: let them write
     if args.command == "segment" and not profiled:

@@ -11,3 +11,7 @@ class InputError(LCKDError):
 
 class ModelFileError(LCKDError):
     """A model file is missing, not ours, unsafe or inconsistent; the message names it."""
+
+
+class OutputError(LCKDError):
+    """An output cannot be written where asked, or would replace an input; the message names it."""

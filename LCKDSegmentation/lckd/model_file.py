@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,9 +53,14 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], source: str = "model card") -> ModelCard:
+        if not isinstance(values, dict):
+            raise ModelFileError(f"{source}: the model card is not a JSON object")
         if values.get("format") != FORMAT:
             raise ModelFileError(f"{source}: not an LCKD model card (format {values.get('format')!r})")
-        if int(values.get("format_version", -1)) > FORMAT_VERSION:
+        version = values.get("format_version", -1)
+        if not _is_int(version):
+            raise ModelFileError(f"{source}: model card field format_version is {version!r}, not a whole number")
+        if version > FORMAT_VERSION:
             raise ModelFileError(f"{source}: model format version {values.get('format_version')} is newer than "
                                  f"this program supports ({FORMAT_VERSION}); update LCKDSegmentation")
         known = set(cls.__dataclass_fields__)
@@ -64,8 +70,7 @@ class ModelCard:
             raise ModelFileError(f"{source}: incomplete model card ({error})") from None
         if card.sequences != list(SEQUENCES) or card.regions != list(REGIONS):
             raise ModelFileError(f"{source}: unsupported sequence or region order {card.sequences} / {card.regions}")
-        if len(card.tile_size) != 3 or len(card.spacing_mm) != 3:
-            raise ModelFileError(f"{source}: tile_size and spacing_mm need three values")
+        _check_fields(card, source)
         return card
 
     def expected_dice(self, subset_key: str) -> Optional[Dict[str, float]]:
@@ -73,6 +78,58 @@ class ModelCard:
         if not self.validation:
             return None
         return self.validation.get("subsets", {}).get(subset_key)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check_fields(card: ModelCard, source: str) -> None:
+    """Refuse a card whose fields the code would trip over, with the field named."""
+
+    def refuse(name: str, value: Any, expected: str) -> None:
+        raise ModelFileError(f"{source}: model card field {name} is {value!r}; expected {expected}")
+
+    if not isinstance(card.tile_size, list) or len(card.tile_size) != 3 or \
+            not all(_is_int(v) and v > 0 for v in card.tile_size):
+        refuse("tile_size", card.tile_size, "three positive whole numbers")
+    if not isinstance(card.spacing_mm, list) or len(card.spacing_mm) != 3 or \
+            not all(_is_number(v) and v > 0 for v in card.spacing_mm):
+        refuse("spacing_mm", card.spacing_mm, "three positive numbers of millimetres")
+    for name in ("preset", "method", "name", "description", "axis_order"):
+        if not isinstance(getattr(card, name), str):
+            refuse(name, getattr(card, name), "a text")
+    if card.axis_order != "zyx-ras":
+        refuse("axis_order", card.axis_order, "'zyx-ras'")
+    for name in ("network", "normalisation", "training"):
+        if not isinstance(getattr(card, name), dict):
+            refuse(name, getattr(card, name), "a JSON object")
+    for name in ("teachers", "validation"):
+        if getattr(card, name) is not None and not isinstance(getattr(card, name), dict):
+            refuse(name, getattr(card, name), "a JSON object or null")
+    if card.importance is not None and (not isinstance(card.importance, dict) or
+                                        not all(_is_number(v) for v in card.importance.values())):
+        refuse("importance", card.importance, "an object of numbers or null")
+    if card.normalisation:
+        from .preprocess import Normalisation
+
+        try:
+            settings = Normalisation.from_dict(card.normalisation)
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"{source}: model card field normalisation is invalid ({error})") from None
+        for name in ("histogram_bins", "min_bin_count"):
+            value = getattr(settings, name)
+            if not _is_int(value) or value < (1 if name == "histogram_bins" else 0):
+                refuse(f"normalisation.{name}", value, "a positive whole number" if name == "histogram_bins"
+                       else "a whole number >= 0")
+    if card.validation is not None:
+        subsets = card.validation.get("subsets", {})
+        if not isinstance(subsets, dict) or not all(isinstance(v, dict) for v in subsets.values()):
+            refuse("validation.subsets", subsets, "an object of per-subset Dice objects")
 
 
 def _describe_foreign(head: bytes) -> Optional[str]:
@@ -85,6 +142,8 @@ def _describe_foreign(head: bytes) -> Optional[str]:
 
 def _read_header(path: Path) -> Tuple[Dict[str, Any], int]:
     """Parse and validate the safetensors header; returns (header, data offset)."""
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file (give the .safetensors file)")
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     with open(path, "rb") as handle:
