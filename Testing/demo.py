@@ -1,5 +1,7 @@
-"""`make demo`: make a phantom case, segment it with all four sequences and with a missing subset,
-print Dice per region and seconds, and write an overlay picture.
+"""`make demo`: segment a real BraTS 2018 case from ``../shared/data/brats2018`` when that folder
+exists (a case the default model never saw in training), else a phantom made on the spot, with all
+four sequences and with two missing-sequence subsets; print Dice, HD95 and seconds, and write an
+overlay picture.
 
 Run from the repository root with the project's virtual environment (``make demo`` does this).
 """
@@ -17,13 +19,14 @@ from lckd.cli import default_model
 from lckd.errors import LCKDError
 from lckd.labels import regions_from_labels
 from lckd.segmenter import Segmenter
-from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
+from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 OUTPUT = Path("demo_output")
+REAL_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2018"
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 
 
-def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict) -> None:
+def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict, title: str) -> None:
     """Axial slice through the tumour: the image, then truth and each prediction as contours."""
     import matplotlib
 
@@ -42,14 +45,30 @@ def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict)
                 axis.contour(mask, levels=[0.5], colors=colour, linewidths=1.2)
         axis.set_title(title, fontsize=10)
         axis.axis("off")
-    figure.suptitle("red: necrosis, green: oedema, yellow: enhancing tumour (synthetic phantom, demo model)")
+    figure.suptitle(f"red: necrosis, green: oedema, yellow: enhancing tumour ({title})")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
 
-def main() -> int:
+def demo_case(card) -> tuple:
+    """(case folder, what it is): a real case the model was not trained on, else a new phantom."""
     from lckd.phantom.generator import write_cases
+
+    if REAL_CASES.is_dir():
+        held_out = card.training.get("validation_cases") or []
+        names = [name for name in held_out if (REAL_CASES / name).is_dir()] or sorted(
+            p.name for p in REAL_CASES.iterdir() if p.is_dir())
+        seen = "held out from the model's training" if names[0] in held_out else "may be a training case"
+        return REAL_CASES / names[0], f"real BraTS 2018 case {names[0]}, {seen}"
+    clock = time.perf_counter()
+    case_dir = write_cases(OUTPUT / "phantom", n_cases=1, seed=2026)[0]
+    print(f"phantom case written to {case_dir} in {time.perf_counter() - clock:.1f} s")
+    return case_dir, "synthetic phantom"
+
+
+def main() -> int:
+    from lckd.cases import read_case_folder
 
     try:
         model = default_model()
@@ -57,28 +76,31 @@ def main() -> int:
         print(f"demo: {error}", file=sys.stderr)
         return 2
     OUTPUT.mkdir(exist_ok=True)
-    clock = time.perf_counter()
-    case_dir = write_cases(OUTPUT / "phantom", n_cases=1, seed=2026)[0]
-    print(f"phantom case written to {case_dir} in {time.perf_counter() - clock:.1f} s")
-    from lckd.cases import read_case_folder
-
-    case = read_case_folder(case_dir)
-    truth = np.asarray(nib.load(str(case.segmentation)).dataobj).astype(np.uint8)
     segmenter = Segmenter(model, device="auto")
     card = segmenter.card
+    case_dir, what = demo_case(card)
+    case = read_case_folder(case_dir)
+    truth_image = nib.load(str(case.segmentation))
+    truth = np.asarray(truth_image.dataobj).astype(np.uint8)
+    spacing = truth_image.header.get_zooms()[:3]
+    print(f"case: {what}")
     print(f"model: {card.name} ({card.method}, preset {card.preset}) on {segmenter.device}")
     predictions = {}
-    print(f"{'sequences':<22}" + "".join(f"{r:>8}" for r in REPORTED_REGIONS) + f"{'seconds':>10}")
+    print(f"{'sequences':<22}" + "".join(f"{'Dice ' + r:>9}" for r in REPORTED_REGIONS)
+          + "".join(f"{'HD95 ' + r:>9}" for r in REPORTED_REGIONS) + f"{'seconds':>9}")
+    truth_regions = regions_from_labels(truth, case.et_label)
     for subset in SUBSETS:
         output = OUTPUT / f"segmentation_{'+'.join(subset)}.nii.gz"
         result = segmenter.segment_to_file({s: case.sequences[s] for s in subset}, output)
-        truth_regions, found = regions_from_labels(truth), regions_from_labels(result.labels)
-        scores = [dice(found[i], truth_regions[i]) for i in (REGION_INDEX[r] for r in REPORTED_REGIONS)]
-        print(f"{'+'.join(subset):<22}" + "".join(f"{s:8.3f}" for s in scores)
-              + f"{sum(result.seconds.values()):10.1f}")
+        found = regions_from_labels(result.labels)
+        channels = [REGION_INDEX[r] for r in REPORTED_REGIONS]
+        scores = [dice(found[i], truth_regions[i]) for i in channels]
+        distances = [hd95(found[i], truth_regions[i], spacing) for i in channels]
+        print(f"{'+'.join(subset):<22}" + "".join(f"{s:9.3f}" for s in scores)
+              + "".join(f"{d:9.1f}" for d in distances) + f"{sum(result.seconds.values()):9.1f}")
         predictions["+".join(subset)] = result.labels
     t1ce = np.asarray(nib.load(str(case.sequences["t1ce"])).dataobj)
-    overlay(OUTPUT / "overlay.png", t1ce, truth, predictions)
+    overlay(OUTPUT / "overlay.png", t1ce, truth, predictions, f"{what}; {card.name}")
     print(f"overlay picture: {OUTPUT / 'overlay.png'}")
     return 0
 

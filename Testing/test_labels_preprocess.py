@@ -10,8 +10,8 @@ from lckd.labels import (
     labels_from_regions,
     region_volumes_ml,
     regions_from_labels,
-    relabel_small_enhancing,
 )
+from lckd.postprocessing import drop_small_components, parse_rule, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation, brain_box, crop, normalise, robust_maximum, uncrop
 from lckd.sequences import all_subsets, presence_mask, subset_key
 
@@ -39,12 +39,33 @@ def test_inconsistent_regions_are_nested():
     assert labels_from_regions(regions).tolist() == [4, 1]
 
 
-def test_small_enhancing_tumour_becomes_necrosis():
+def test_small_enhancing_tumour_becomes_necrosis_by_volume():
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[:2, :2, :2] = 4
-    assert (relabel_small_enhancing(labels) == 1).sum() == 8
+    assert (relabel_small_enhancing(labels, 1.0) == 1).sum() == 8  # 8 mm^3 < 0.5 mL
+    assert (relabel_small_enhancing(labels, 125.0) == 4).sum() == 8  # 8 voxels of 5 mm: 1 mL, kept
     big = np.full((10, 10, 10), 4, np.uint8)
-    assert (relabel_small_enhancing(big) == 4).all()
+    assert (relabel_small_enhancing(big, 1.0) == 4).all()
+
+
+def test_specks_below_half_a_millilitre_are_dropped():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:12, 2:12, 2:12] = 2  # 1000 voxels
+    labels[5:8, 5:8, 5:8] = 4
+    labels[15:17, 15:17, 15:17] = 1  # 8 voxels, apart from the tumour
+    labels[17, 17, 17] = 4  # touches the 8-voxel speck diagonally: one 26-connected component
+    cleaned = drop_small_components(labels, voxel_volume_mm3=1.0)
+    assert (cleaned[2:12, 2:12, 2:12] == labels[2:12, 2:12, 2:12]).all()
+    assert cleaned[14:, 14:, 14:].sum() == 0
+    assert (drop_small_components(labels, voxel_volume_mm3=100.0) == labels).all()  # 0.9 mL: kept
+    both = postprocess(labels, "specks+et500", 1.0)
+    expected = cleaned.copy()
+    expected[expected == 4] = 1  # the 27 enhancing voxels left (0.027 mL) fall under the BraTS rule
+    assert (both == expected).all()
+    assert (postprocess(labels, "none", 1.0) == labels).all()
+    assert parse_rule("specks+et500") == ("specks", "et500")
+    with pytest.raises(Exception, match="unknown post-processing"):
+        parse_rule("largest")
 
 
 def test_region_volumes_in_millilitres():

@@ -19,8 +19,9 @@ import torch
 from scipy import ndimage
 
 from lckd.inference import sliding_window_probabilities
-from lckd.labels import labels_from_regions, regions_from_labels, relabel_small_enhancing
+from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.network import LCKDNet
+from lckd.postprocessing import postprocess as apply_postprocessing
 from lckd.sequences import REGIONS, all_subsets, presence_mask, subset_key
 
 from .data import CachedCase
@@ -55,11 +56,11 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
 @torch.no_grad()
 def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[int], spacing_mm: float,
              device: torch.device, subsets: Optional[Sequence[Sequence[str]]] = None,
-             on_step: Optional[Callable[[], None]] = None, postprocess: bool = False) -> Dict[str, object]:
+             on_step: Optional[Callable[[], None]] = None, postprocess: str = "none") -> Dict[str, object]:
     """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...}``.
 
-    ``postprocess`` applies the BraTS rule of ``lckd segment --postprocess`` (fewer than 500
-    enhancing-tumour voxels become necrosis), counted on the evaluation grid.
+    ``postprocess`` is a rule of ``lckd segment --postprocess`` (:data:`lckd.postprocessing.RULES`),
+    applied on the evaluation grid (sizes in mL, so it means the same as on the output grid).
     """
     was_training = model.training
     model.eval()
@@ -73,7 +74,7 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
         for subset in subsets:
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size)
             labels = labels_from_regions(probabilities.cpu().numpy())
-            found = regions_from_labels(relabel_small_enhancing(labels) if postprocess else labels)
+            found = regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3))
             key = subset_key(subset)
             for region in REPORTED_REGIONS:
                 index = REGION_INDEX[region]

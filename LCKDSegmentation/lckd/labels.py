@@ -50,15 +50,6 @@ def labels_from_regions(regions: np.ndarray, threshold: float = 0.5, et_label: i
     return labels
 
 
-def relabel_small_enhancing(labels: np.ndarray, et_label: int = 4, min_voxels: int = 500) -> np.ndarray:
-    """BraTS post-processing: a case with fewer than ``min_voxels`` ET voxels gets them as necrosis."""
-    et = labels == et_label
-    if 0 < int(et.sum()) < min_voxels:
-        labels = labels.copy()
-        labels[et] = NECROSIS
-    return labels
-
-
 def convert_convention(labels: np.ndarray, source_et: int, target_et: int) -> np.ndarray:
     """Change the enhancing-tumour value of a label map (e.g. 3 <-> 4)."""
     if source_et == target_et:

@@ -1,0 +1,92 @@
+"""Choose the post-processing rule by measurement: Dice and HD95 of each rule and speck threshold,
+15-subset averages over labelled cases (the real validation cases in Training.md).
+
+The network runs once per case and subset; every rule is applied to the same label map on the
+working grid, as ``lckd evaluate --postprocess RULE`` does.
+
+    python Testing/Benchmarks/postprocessing_rules.py --model M.safetensors --data ../shared/data/brats2018 \\
+        --cases Brats18_2013_11_1 Brats18_2013_3_1 Brats18_CBICA_ABM_1 --out postprocessing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+
+from lckd.cases import find_cases
+from lckd.inference import sliding_window_probabilities
+from lckd.labels import labels_from_regions, regions_from_labels
+from lckd.model_file import load_model
+from lckd.postprocessing import drop_small_components, relabel_small_enhancing
+from lckd.preprocess import Normalisation
+from lckd.sequences import all_subsets, presence_mask
+from training.data import cache_case, cache_folder, load_cached
+from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
+
+SPECK_THRESHOLDS_ML = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Each candidate rule as a function of a label map."""
+    rules: Dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda labels: labels,
+                                                            "et500": lambda labels: relabel_small_enhancing(labels,
+                                                                                                            voxel_mm3)}
+    for ml in SPECK_THRESHOLDS_ML:
+        rules[f"specks<{ml:g}mL"] = lambda labels, ml=ml: drop_small_components(labels, voxel_mm3, ml)
+        rules[f"specks<{ml:g}mL+et500"] = lambda labels, ml=ml: relabel_small_enhancing(
+            drop_small_components(labels, voxel_mm3, ml), voxel_mm3)
+    return rules
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--cases", nargs="*", help="case names (default: every labelled case of --data)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file with the table")
+    args = parser.parse_args()
+    model, card = load_model(args.model, device="cpu")
+    model.eval()
+    normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
+    spacing = card.spacing_mm[0]
+    cases = [c for c in find_cases(args.data) if c.segmentation is not None and (not args.cases or c.name in args.cases)]
+    rules = variants(spacing ** 3)
+    sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}
+    runs = 0
+    with tempfile.TemporaryDirectory() as work:
+        folder = cache_folder(Path(work), spacing, normalisation)
+        folder.mkdir(parents=True)
+        for case in cases:
+            prepared = load_cached(cache_case(case, folder, spacing, normalisation))
+            images = torch.from_numpy(np.array(prepared.images))
+            truth = regions_from_labels(prepared.labels)
+            for subset in all_subsets():
+                with torch.no_grad():
+                    probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size)
+                labels = labels_from_regions(probabilities.numpy())
+                runs += 1
+                for name, rule in rules.items():
+                    found = regions_from_labels(rule(labels))
+                    for region in REPORTED_REGIONS:
+                        index = REGION_INDEX[region]
+                        sums[name][f"Dice {region}"] += dice(found[index], truth[index])
+                        sums[name][f"HD95 {region}"] += hd95(found[index], truth[index], (spacing,) * 3)
+            print(f"{case.name}: done", flush=True)
+    table = {name: {key: round(value / runs, 4) for key, value in scores.items()} for name, scores in sums.items()}
+    args.out.write_text(json.dumps({"model": card.name, "cases": [c.name for c in cases], "runs": runs,
+                                    "table": table}, indent=2))
+    header = ["rule"] + list(next(iter(table.values())))
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, scores in table.items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" if k.startswith("Dice") else f"{v:.1f}"
+                                          for k, v in scores.items()) + " |")
+
+
+if __name__ == "__main__":
+    main()
