@@ -55,7 +55,8 @@ def main() -> None:
     model.eval()
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
     spacing = card.spacing_mm[0]
-    cases = [c for c in find_cases(args.data) if c.segmentation is not None and (not args.cases or c.name in args.cases)]
+    cases = [case for case in find_cases(args.data)
+             if case.segmentation is not None and (not args.cases or case.name in args.cases)]
     rules = variants(spacing ** 3)
     sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}
     runs = 0
