@@ -301,3 +301,19 @@ def test_evaluate_refuses_a_label_map_of_another_shape_and_warns_about_unlabelle
     assert code != 0
     assert "warning: 1 case folder(s) without a label map are skipped: Unlabelled" in err
     assert f"{seg}: the label map's shape (40, 56, 44) differs" in err and "Traceback" not in err
+
+
+def test_case_with_a_sequence_subset_and_a_results_folder_inside_the_batch(tiny_model, tmp_path, capsys):
+    root = tmp_path / "cases"
+    case = write_brats_case(root / "A")
+    out = tmp_path / "a.nii.gz"
+    assert run_cli("segment", "--case", case, "--sequences", "t2", "-o", out, "--model", tiny_model,
+                   "--progress", "json") == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["sequences"] == ["t2"]
+    assert run_cli("segment", "--t1", case / "A_t1.nii.gz", "--sequences", "t1", "-o", out, "--model", tiny_model) != 0
+    assert "--sequences selects from a case folder" in one_line(capsys)
+    for _ in range(2):  # the second run finds the first run's results below the batch folder: not a case
+        assert run_cli("segment", "--batch", root, "--out-dir", root / "results", "--sequences", "t1ce",
+                       "--model", tiny_model, "--progress", "none") == 0
+    rows = list(csv.DictReader((root / "results" / "volumes.csv").open()))
+    assert [(row["case"], row["status"], row["sequences"]) for row in rows] == [("A", "segmented", "t1ce")]

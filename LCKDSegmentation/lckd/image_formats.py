@@ -108,7 +108,11 @@ def dicom_series(folder: Path) -> List[str]:
 
 def read_dicom_series(folder: Path) -> Tuple[np.ndarray, np.ndarray]:
     """Read the one DICOM series in ``folder``; refuses a folder of none or of several (naming them)."""
-    sitk = _simpleitk()
+    try:
+        sitk = _simpleitk()
+    except InputError:
+        raise InputError(f"{folder}: is a folder, not an image file (DICOM series folders are read with "
+                         f"SimpleITK, which is not installed)") from None
     series = dicom_series(folder)
     if not series:
         raise InputError(f"{folder}: is a folder, not an image file (and it holds no DICOM series)")
