@@ -24,8 +24,10 @@ from .errors import InputError, OutputError
 from .image_formats import NIFTI1, NIFTI2, detect_format, is_gzip, read_dicom_series, read_with_simpleitk
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: An image with at most this many distinct values, all whole numbers, is a label map or mask.
+#: An image with at most this many distinct values, all whole numbers from 0 to MAX_LABEL, is a label
+#: map or mask (BraTS labels 0, 1, 2, 4; a mask 0, 1), not an MR sequence.
 MAX_LABEL_VALUES = 16
+MAX_LABEL = 32
 _NIFTI_NAMES = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz")
 
 
@@ -53,8 +55,8 @@ def load_volume(path: PathLike, *, allow_empty: bool = False) -> Volume:
     truncated file, a folder without a DICOM series or with several, an image that is not 3-D (a
     trailing axis of length 1 is dropped), a zero voxel size in a header without sform, and, unless
     ``allow_empty`` (label maps), an image that is all NaN, all zero, constant, or a label map (at
-    most :data:`MAX_LABEL_VALUES` distinct whole values). NaN and infinite voxels of a usable
-    image are set to 0.
+    most :data:`MAX_LABEL_VALUES` distinct whole values, none above :data:`MAX_LABEL`). NaN and
+    infinite voxels of a usable image are set to 0.
     """
     path = Path(path)
     if path.is_dir():
@@ -98,7 +100,8 @@ def _check_contrast(path: Path, values: np.ndarray) -> None:
     distinct = np.unique(values)
     if distinct.size == 1:
         raise InputError(f"{path}: every voxel has the same value ({distinct[0]:g}); this is not an MR image")
-    if distinct.size <= MAX_LABEL_VALUES and np.array_equal(distinct, np.round(distinct)):
+    if distinct.size <= MAX_LABEL_VALUES and np.array_equal(distinct, np.round(distinct)) and \
+            distinct[0] >= 0 and distinct[-1] <= MAX_LABEL:
         shown = ", ".join(f"{v:g}" for v in distinct)
         raise InputError(f"{path}: looks like a label map or mask (only the values {shown}), not an MR image; "
                          f"give the MR sequence")
