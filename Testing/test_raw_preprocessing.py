@@ -1,0 +1,151 @@
+"""`--preprocess`: rigid co-registration, brain extraction and 1 mm resampling of raw scans.
+
+The real-data tests run `lckd segment` on the clinical patient of ``../shared/data`` and compare
+with HD-BET's brain masks and the BraTS pipeline's reference; they skip where the data are absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import synthetic_head, world_blob, world_coordinates
+from lckd import raw_preprocessing
+from lckd.brain_extraction import BrainExtractionUnavailableError, brain_mask
+from lckd.cli import main
+from lckd.geometry import Grid, resample
+from lckd.io import Volume
+from lckd.registration import RAS_LPS, register_rigid, to_sitk
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PATIENT = DATA / "clinical" / "TCGA-FG-6692"
+SEQUENCES = ("flair", "t1", "t1ce", "t2")
+needs_patient = pytest.mark.skipif(not PATIENT.is_dir(), reason=f"the clinical patient is not there ({PATIENT})")
+
+
+def _rotation(degrees: float, axis: int) -> np.ndarray:
+    angle = np.radians(degrees)
+    a, b = [i for i in range(3) if i != axis]
+    matrix = np.eye(4)
+    matrix[a, a] = matrix[b, b] = np.cos(angle)
+    matrix[a, b], matrix[b, a] = -np.sin(angle), np.sin(angle)
+    return matrix
+
+
+def test_sitk_image_has_the_volume_geometry():
+    oblique = np.array([[-0.9, 0.0, -0.33, 113.7], [0.0, 0.9, -0.41, -74.6], [-0.05, 0.07, 5.47, -46.9], [0, 0, 0, 1]])
+    data = np.random.default_rng(0).random((7, 6, 5)).astype(np.float32)
+    image = to_sitk(Volume(data=data, affine=oblique))
+    assert image.GetSize() == (7, 6, 5)
+    for index in ((0, 0, 0), (6, 5, 4), (3, 1, 2)):
+        expected = (RAS_LPS @ oblique @ np.array([*index, 1.0]))[:3]
+        assert np.allclose(image.TransformIndexToPhysicalPoint(index), expected, atol=1e-6)
+        assert image.GetPixel(index) == pytest.approx(float(data[index]))
+
+
+def test_registration_undoes_a_known_head_motion():
+    affine = np.array([[2.0, 0, 0, -50], [0, 2.0, 0, -56], [0, 0, 2.0, -44], [0, 0, 0, 1]])
+    shape = (50, 56, 44)
+    world = world_coordinates(shape, affine)
+    data = synthetic_head(shape, affine) + 250.0 * world_blob(world, (-20.0, 25.0, -10.0), 6.0)
+    fixed = Volume(data=data, affine=affine, path=Path("fixed.nii.gz"))
+    # the same head moved: 6 degrees about z, 4 about x, and (5, -4, 3) mm
+    motion = _rotation(6.0, 2) @ _rotation(4.0, 0)
+    motion[:3, 3] = [5.0, -4.0, 3.0]
+    moving = Volume(data=data, affine=motion @ affine, path=Path("moving.nii.gz"))
+    registered = register_rigid(fixed, moving)
+    corners = np.array([[i, j, k, 1.0] for i in (0, 49) for j in (0, 55) for k in (0, 43)]).T
+    error_mm = np.linalg.norm((registered.affine @ corners - affine @ corners)[:3], axis=0)
+    before_mm = np.linalg.norm((moving.affine @ corners - affine @ corners)[:3], axis=0)
+    assert before_mm.max() > 8.0
+    assert error_mm.max() < 1.0, error_mm
+    assert registered.data is moving.data  # placed, not resampled
+
+
+def test_missing_deepbet_says_how_to_install_it(monkeypatch, tmp_path, write_case, tiny_model, capsys):
+    monkeypatch.setitem(sys.modules, "deepbet.bet", None)  # import deepbet.bet raises ImportError
+    with pytest.raises(BrainExtractionUnavailableError, match=r"pip install 'lckd-segmentation\[preprocess\]'"):
+        brain_mask(np.zeros((8, 8, 8), dtype=np.float32))
+    files = write_case(("t1",))
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", "--t1", str(files["t1"]), "-o", str(out), "--model", str(tiny_model), "--preprocess"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "deepbet" in error and "pip install" in error
+    assert not out.exists()
+
+
+# -- the clinical patient -----------------------------------------------------------------------------
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+def _arguments(folder: Path) -> list:
+    return [x for s in SEQUENCES for x in (f"--{s}", str(folder / f"{s}.nii.gz"))]
+
+
+@pytest.fixture(scope="module")
+def native_preprocessed(tmp_path_factory):
+    """`lckd segment --preprocess` on the raw scans (default model), and what preprocessing made."""
+    pytest.importorskip("deepbet", reason="deepbet (the [preprocess] extra) is not installed")
+    output = tmp_path_factory.mktemp("native") / "tumour.nii.gz"
+    cases = []
+    original = raw_preprocessing.preprocess_case
+
+    def recording(*args, **kwargs):
+        cases.append(original(*args, **kwargs))
+        return cases[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raw_preprocessing, "preprocess_case", recording)
+        code = main(["segment", *_arguments(PATIENT / "native"), "-o", str(output), "--preprocess", "--threads", "2"])
+    assert code == 0 and len(cases) == 1
+    return nib.load(str(output)), cases[0]
+
+
+@needs_patient
+def test_raw_scans_are_refused_without_preprocess(tmp_path, capsys):
+    out = tmp_path / "tumour.nii.gz"
+    assert main(["segment", *_arguments(PATIENT / "native"), "-o", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert error.startswith(f"lckd: error: {PATIENT / 'native'}/") and "not skull-stripped" in error
+    assert "--preprocess" in error and not out.exists()
+
+
+@needs_patient
+def test_preprocessed_label_map_is_on_the_reference_grid(native_preprocessed):
+    labels, case = native_preprocessed
+    reference = nib.load(str(PATIENT / "native" / "t1ce.nii.gz"))
+    assert case.reference == "t1ce" and labels.shape == reference.shape
+    assert np.allclose(labels.affine, reference.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2, 4}
+    assert np.allclose(case.grid.affine[:3, :3], np.eye(3))  # the 1 mm working grid
+
+
+@needs_patient
+def test_brain_mask_agrees_with_hd_bet(native_preprocessed):
+    """Dice >= 0.95 against HD-BET's mask of every sequence, on that sequence's own grid (as co-registered)."""
+    _, case = native_preprocessed
+    for sequence in SEQUENCES:
+        hd_bet = nib.load(str(PATIENT / "native-hdbet" / f"{sequence}_brainmask.nii.gz"))
+        own_grid = Grid(shape=hd_bet.shape, affine=case.registered_affines[sequence])
+        ours = resample(case.brain.astype(np.float32), case.grid.affine, own_grid, order=0) > 0.5
+        assert _dice(ours, np.asarray(hd_bet.dataobj) > 0) >= 0.95, sequence
+
+
+@needs_patient
+def test_whole_tumour_lies_in_the_brain_and_matches_the_brats_volume(native_preprocessed):
+    labels, _ = native_preprocessed
+    tumour = np.asarray(labels.dataobj) > 0
+    brain = np.asarray(nib.load(str(PATIENT / "native-hdbet" / "t1ce_brainmask.nii.gz")).dataobj) > 0
+    assert tumour.sum() > 0
+    assert np.logical_and(tumour, brain).sum() / tumour.sum() >= 0.95
+    fusion = nib.load(str(PATIENT / "brats-space" / "reference_fusion_simple.nii.gz"))
+    reference_ml = (np.asarray(fusion.dataobj) > 0).sum() * np.prod(fusion.header.get_zooms()[:3]) / 1000
+    tumour_ml = tumour.sum() * np.prod(labels.header.get_zooms()[:3]) / 1000
+    assert 0.7 * reference_ml <= tumour_ml <= 1.3 * reference_ml, (tumour_ml, reference_ml)
