@@ -237,6 +237,19 @@ def test_import_off_the_reference_grid_keeps_the_label_geometry(case, tmp_path):
     node = importLabelMap(scene, path, "tumour", referenceVolumeNode=volumes["t1"])  # a different grid
     assert node.GetTransformNodeID() is None
     assert selfTest.compareWithLabelMap(node, labels, LPS_25MM) == []
+    # the geometry reference (what DICOM SEG export uses) is the reference volume, not the removed label map
+    role = node.GetReferenceImageGeometryReferenceRole()
+    assert node.GetNodeReference(role) is volumes["t1"]
+    assert not scene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
+
+
+def test_import_on_the_reference_grid_references_the_reference_volume(case, tmp_path):
+    scene, volumes, _ = case
+    reference = volumes["t1ce"]
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(phantom_labels((50, 56, 44)), worldIJKToRAS(reference)), str(path))
+    node = importLabelMap(scene, path, "tumour", referenceVolumeNode=reference)
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is reference
 
 
 def test_seg_nrrd_round_trip(case, tmp_path):

@@ -11,9 +11,11 @@ and views) remains checked only statically; see Resources/Docs/SlicerModule.md."
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import inspect
+import json
 import os
 import sys
 import time
@@ -31,6 +33,7 @@ import vtk  # noqa: E402
 from test_slicer_logic import RAS_2MM, add_volume, write_fake_library  # noqa: E402
 
 from conftest import make_tiny_model_file, synthetic_head  # noqa: E402
+from lckd.errors import ModelFileError  # noqa: E402
 from LCKDSegmentationLib import modelCatalog  # noqa: E402
 from LCKDSegmentationLib.selfTest import sceneSnapshot, syntheticValidationTable  # noqa: E402
 
@@ -149,34 +152,12 @@ class PlainTextEdit(Widget):
         self.lines.append(text)
 
 
-class Header:
-    def setStretchLastSection(self, stretch):
-        pass
-
-    def setVisible(self, visible):
-        pass
-
-
 class TableWidget(Widget):
-    def __init__(self, name):
+    def __init__(self, name, columns=0):
         super().__init__(name)
         self.cells = {}
         self.rows = 0
-
-    def setColumnCount(self, count):
-        self.columns = count
-
-    def setHorizontalHeaderLabels(self, labels):
-        assert len(labels) == self.columns
-
-    def horizontalHeader(self):
-        return Header()
-
-    def verticalHeader(self):
-        return Header()
-
-    def setEditTriggers(self, triggers):
-        pass
+        self.columns = columns  # the <column> entries of the .ui file
 
     def setRowCount(self, rows):
         self.rows = rows
@@ -202,7 +183,12 @@ def load_ui(path):
     for element in ElementTree.parse(path).iter("widget"):
         name, kind = element.get("name"), element.get("class")
         texts = [item.find("property/string").text for item in element.findall("item")]
-        widget = DeviceComboBox(name, texts) if kind == "QComboBox" and texts else WIDGETS[kind](name)
+        if kind == "QComboBox" and texts:
+            widget = DeviceComboBox(name, texts)
+        elif kind == "QTableWidget":
+            widget = TableWidget(name, columns=len(element.findall("column")))
+        else:
+            widget = WIDGETS[kind](name)
         if root is None:
             root = widget
         widgets[name] = widget
@@ -258,7 +244,6 @@ def make_qt(open_file):
     qt.QSettings = Settings
     qt.Qt = Qt
     qt.QTableWidgetItem = TableWidgetItem
-    qt.QAbstractItemView = SimpleNamespace(NoEditTriggers=0)
     qt.QFileDialog = SimpleNamespace(getOpenFileName=lambda *args: open_file["path"])
     qt.QUrl = SimpleNamespace(fromLocalFile=lambda path: ("url", path))
     qt.QDesktopServices = SimpleNamespace(openUrl=lambda url: open_file.setdefault("opened", []).append(url))
@@ -306,10 +291,15 @@ def make_scripted_loadable_module(scene):
 
 
 _VALUES = {}
+#: Which Slicer the parameter node wrapper behaves like, and its live widget connections (node ID, tag).
+GUI = {"version": (5, 10), "live": [], "next": 0}
 
 
 def parameter_node_wrapper(cls):
-    """Typed attributes kept per parameter node; setting one modifies the node (as the real wrapper does)."""
+    """Typed attributes kept per parameter node; setting one modifies the node (as the real wrapper does).
+
+    ``connectGui`` returns a tag that ``disconnectGui`` takes (Slicer >= 5.10); Slicer 5.8's returns None,
+    and its ``disconnectGui(None)`` does nothing, so that connection stays (as in the real wrapper)."""
     fields = {name: getattr(cls, name, None) for name in cls.__annotations__}
 
     def __init__(self, node):  # noqa: N807
@@ -329,14 +319,42 @@ def parameter_node_wrapper(cls):
         values[name] = value
         self.parameterNode.Modified()
 
+    def connectGui(self, gui):
+        GUI["next"] += 1
+        GUI["live"].append((self.parameterNode.GetID(), GUI["next"]))
+        return GUI["next"] if GUI["version"] >= (5, 10) else None
+
+    def disconnectGui(self, tag):  # a tag it did not give (None on Slicer 5.8) changes nothing
+        GUI["live"][:] = [(node, live) for node, live in GUI["live"] if live != tag]
+
     members = dict(__init__=__init__, __getattr__=__getattr__, __setattr__=__setattr__,
-                   connectGui=lambda self, gui: 1, disconnectGui=lambda self, tag: None,
+                   connectGui=connectGui, disconnectGui=disconnectGui,
                    AddObserver=lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
                        event, callback, priority),
                    RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag),
                    StartModify=lambda self: self.parameterNode.StartModify(),
                    EndModify=lambda self, wasModified: self.parameterNode.EndModify(wasModified))
     return type(cls.__name__, (), members)
+
+
+def make_i18n(translations):
+    """slicer.i18n as Slicer has it: ``tr`` takes the context from the calling file (package.file, or the
+    file's name outside a package), ``translate`` asks the application (here: records and returns the text)."""
+    module = types.ModuleType("slicer.i18n")
+
+    def getContext(sourceFile):
+        folder, name = os.path.dirname(sourceFile), os.path.basename(sourceFile).replace(".py", "")
+        return f"{os.path.basename(folder)}.{name}" if os.path.isfile(os.path.join(folder, "__init__.py")) else name
+
+    def translate(context, text):
+        translations.append((context, text))
+        return text
+
+    def tr(text):
+        return translate(getContext(inspect.getsourcefile(sys._getframe(1))), text)
+
+    module.getContext, module.translate, module.tr = getContext, translate, tr
+    return module
 
 
 class Dialogs:
@@ -357,6 +375,21 @@ class Dialogs:
         self.shown.append(("info", text))
 
 
+class SampleDataLogicStandIn:
+    """``SampleData.SampleDataLogic.registerCustomSampleDataSource`` with Slicer 5.8's keywords; the deprecated
+    ``loadFileType`` is refused here so that the module is seen to use ``loadFileTypes``."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def registerCustomSampleDataSource(self, category="Custom", sampleName=None, uris=None, fileNames=None,
+                                       nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                       loadFileTypes=None, loadFiles=None, loadFileProperties=None, checksums=None):
+        self.state["samples"].append(dict(category=category, sampleName=sampleName, uris=uris, fileNames=fileNames,
+                                          nodeNames=nodeNames, loadFileTypes=loadFileTypes, checksums=checksums,
+                                          thumbnailFileName=thumbnailFileName))
+
+
 class ProgressDialog:
     def __init__(self, **kwargs):
         self.values = []
@@ -374,15 +407,17 @@ def harness(monkeypatch, tmp_path):
     """The module imported with stand-ins; yields (module, scene, dialogs, state)."""
     scene = slicer.vtkMRMLScene()
     dialogs = Dialogs()
-    state = {"path": "", "layers": [], "startup": [], "samples": [], "progress": []}
+    state = {"path": "", "layers": [], "startup": [], "samples": [], "progress": [], "translations": []}
     monkeypatch.setattr(Settings, "store", {})
     _VALUES.clear()  # parameter values of earlier tests' scenes
+    monkeypatch.setitem(GUI, "version", (5, 10))
+    monkeypatch.setitem(GUI, "live", [])
+    monkeypatch.setitem(sys.modules, "slicer.i18n", make_i18n(state["translations"]))
     monkeypatch.setitem(sys.modules, "qt", make_qt(state))
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", make_scripted_loadable_module(scene))
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper",
                         SimpleNamespace(parameterNodeWrapper=parameter_node_wrapper))
-    monkeypatch.setitem(sys.modules, "SampleData", SimpleNamespace(SampleDataLogic=SimpleNamespace(
-        registerCustomSampleDataSource=lambda **kwargs: state["samples"].append(kwargs))))
+    monkeypatch.setitem(sys.modules, "SampleData", SimpleNamespace(SampleDataLogic=SampleDataLogicStandIn(state)))
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "app", SimpleNamespace(connect=lambda signal, slot: state["startup"].append(slot),
                                                        processEvents=lambda: None, slicerHome=str(tmp_path)),
@@ -433,10 +468,10 @@ def add_case(scene):
 
 def run_until_done(widget, timeout=60.0):
     deadline = time.monotonic() + timeout
-    while widget._job is not None and time.monotonic() < deadline:
+    while widget.panel.run.job is not None and time.monotonic() < deadline:
         widget.pollJob()
         time.sleep(0.02)
-    assert widget._job is None, "the segmenter did not finish"
+    assert widget.panel.run.job is None, "the segmenter did not finish"
 
 
 def test_module_registers_terminology_and_sample_data_at_startup(harness):
@@ -493,16 +528,16 @@ def test_widget_segments_cancels_and_shows_results(harness, monkeypatch):
     monkeypatch.setenv("LCKD_FAKE_MODE", "hang")
     before = sceneSnapshot(scene)
     ui.segmentButton.click()
-    assert widget._job is not None and widget._timer.active
+    assert widget.panel.run.job is not None and widget._timer.active
     assert ui.segmentButton.text == "Cancel" and ui.segmentButton.enabled is True
     assert ui.t1Selector.enabled is False and ui.modelComboBox.enabled is False
     deadline = time.monotonic() + 30
-    while widget._job.process.stage != "infer" and time.monotonic() < deadline:
+    while widget.panel.run.job.process.stage != "infer" and time.monotonic() < deadline:
         widget.pollJob()
         time.sleep(0.02)
     assert "working" in ui.logTextEdit.lines and ui.progressBar.value == 15
     ui.segmentButton.click()  # Cancel
-    assert widget._job is None and not widget._timer.active and ui.segmentButton.text == "Segment"
+    assert widget.panel.run.job is None and not widget._timer.active and ui.segmentButton.text == "Segment"
     assert ui.logTextEdit.lines[-1].startswith("Cancelled") and sceneSnapshot(scene) == before
 
     monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
@@ -529,14 +564,15 @@ def test_widget_offers_the_cpu_after_gpu_out_of_memory(harness, monkeypatch):
     widget.ui.deviceComboBox.setCurrentIndex(1)  # GPU
     monkeypatch.setenv("LCKD_FAKE_MODE", "oom")
     widget.ui.segmentButton.click()
-    assert widget._job.options.device == "cuda"
+    assert widget.panel.run.job.options.device == "cuda"
     monkeypatch.setenv("LCKD_FAKE_MODE", "ok")  # the retry starts while the failed run is being finished
     deadline = time.monotonic() + 30
-    while widget._job is not None and widget._job.options.device == "cuda" and time.monotonic() < deadline:
+    while (widget.panel.run.job is not None and widget.panel.run.job.options.device == "cuda"
+           and time.monotonic() < deadline):
         widget.pollJob()
         time.sleep(0.02)
     assert any("ran out of memory" in text for kind, text in dialogs.shown if kind == "confirm")
-    assert widget._job is not None and widget._job.options.device == "cpu"
+    assert widget.panel.run.job is not None and widget.panel.run.job.options.device == "cpu"
     run_until_done(widget)
     assert widget._parameterNode.outputSegmentation is not None
 
@@ -562,19 +598,21 @@ def test_widget_models_from_file_and_download_after_consent(harness, monkeypatch
     state["path"] = str(tiny)
     ui.loadWeightsButton.click()
     assert ui.modelComboBox.count == 2 and ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == "file"
-    assert widget.localModelPath() == tiny and "tiny" in ui.modelInfoLabel.text
+    assert widget.panel.models.localPath(widget.currentModel()) == tiny and "tiny" in ui.modelInfoLabel.text
     assert make_widget(module, state).ui.modelComboBox.itemData(1) == "file"  # remembered
 
     entry = modelCatalog.ModelEntry(name="tiny-remote", version="1", title="Tiny (remote)", sha256=modelCatalog.sha256(
         tiny), licence="MIT", trainingData="none", inputs="any", url=tiny.as_uri(), sizeBytes=tiny.stat().st_size)
-    monkeypatch.setattr("LCKDSegmentationLib.modelCatalog.loadCatalog", lambda: [entry])
+    widget.panel.models.reload(lambda: [entry])
     widget.populateModels()
     ui.modelComboBox.setCurrentIndex(0)
-    assert widget.localModelPath() is None and "Not downloaded yet" in ui.modelInfoLabel.text
+    assert widget.panel.models.localPath(widget.currentModel()) is None
+    assert "Not downloaded yet" in ui.modelInfoLabel.text
     dialogs.agree = False
-    assert widget.obtainModelPath() is None and not modelCatalog.downloadedFiles()
+    assert widget.panel.models.obtain(widget.currentModel(), slicer.util) is None
+    assert not modelCatalog.downloadedFiles()
     dialogs.agree = True
-    path = widget.obtainModelPath()
+    path = widget.panel.models.obtain(widget.currentModel(), slicer.util)
     assert path == modelCatalog.defaultCacheFolder() / "tiny-remote-1.safetensors" and path.is_file()
     assert state["dialog"].values[-1] == 100 and "Licence: MIT" in dialogs.shown[-1][1]
     ui.deleteModelsButton.click()
@@ -589,9 +627,9 @@ def test_logic_class_and_parameter_node(harness):
     module, scene, dialogs, state = harness
     logic = module.LCKDSegmentationLogic()
     parameters = logic.getParameterNode()
-    assert parameters.brats2023Labels is False and parameters.postprocess is False
+    assert parameters.brats2023Labels is False and parameters.postprocess is False and parameters.preprocess is False
     assert logic.getParameterNode().parameterNode is parameters.parameterNode
-    summary = logic.modelSummary(MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors")
+    summary = logic.implementation.modelSummary(MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors")
     assert summary.name == "lckd-phantom-demo"
     assert np.isfinite(summary.expectedDice(["t1"])["ET"])
 
@@ -629,3 +667,121 @@ def test_in_slicer_self_test_runs_on_the_stand_ins(harness, monkeypatch):
     monkeypatch.setattr(scene, "Clear", lambda *args: None, raising=False)
     test.runTest()
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15
+
+
+# -- what would go wrong inside the application ------------------------------------------------------
+
+def _fail(error):
+    def raiser(*args, **kwargs):
+        raise error
+
+    return raiser
+
+
+@pytest.mark.parametrize("where, error", [
+    ("LCKDSegmentationLib.logic.exportVolume", RuntimeError("vtkITK could not write the volume")),
+    ("LCKDSegmentationLib.logic.readModelSummary", ModelFileError("model.safetensors: not an LCKD model card")),
+    ("LCKDSegmentationLib.logic.importLabelMap", ImportError("No module named 'nibabel'")),
+    ("LCKDSegmentationLib.logic.regionVolumesMl", RuntimeError("no binary labelmap")),
+])
+def test_every_error_ends_in_a_message_a_log_line_and_segment(harness, monkeypatch, where, error):
+    """An export (start) or import (finish) error: error box, log line, the button back to Segment, the scene
+    as it was; the next run works."""
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # the application's scene always has it
+    before = sceneSnapshot(scene)
+    monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
+    monkeypatch.setattr(where, _fail(error))
+    widget.ui.segmentButton.click()
+    run_until_done(widget)
+    assert dialogs.shown[-1] == ("error", f"The segmentation failed: {error}")
+    assert widget.ui.logTextEdit.lines[-1] == f"Failed: {error}"
+    assert widget.ui.segmentButton.text == "Segment" and widget.ui.segmentButton.enabled
+    assert widget.ui.t1Selector.enabled and not widget._timer.active
+    assert sceneSnapshot(scene) == before and widget.panel.run.job is None
+
+
+def test_an_installation_failure_ends_in_a_message_and_nothing_runs(harness, monkeypatch):
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    monkeypatch.setattr("LCKDSegmentationLib.dependencies.ensureDependencies",
+                        _fail(RuntimeError("pip failed: no network")))
+    widget.ui.segmentButton.click()
+    assert dialogs.shown[-1] == ("error", "Installing Python packages failed: pip failed: no network")
+    assert widget.ui.logTextEdit.lines[-1] == "Python packages are missing; nothing was done."
+    assert widget.panel.run.job is None and widget.ui.segmentButton.text == "Segment"
+
+
+def test_only_plain_scalar_volumes_are_assigned(harness):
+    """Vector (RGB), tensor and diffusion-weighted volumes are scalar volume subclasses the slots cannot take."""
+    module, scene, dialogs, state = harness
+    for kind, name in (("vtkMRMLVectorVolumeNode", "FLAIR colour"), ("vtkMRMLDiffusionTensorVolumeNode", "T1 DTI"),
+                       ("vtkMRMLDiffusionWeightedVolumeNode", "T2 DWI"), ("vtkMRMLLabelMapVolumeNode", "T1ce labels")):
+        scene.AddNewNodeByClass(kind, name)
+    widget = make_widget(module, state)
+    widget.enter()
+    widget.ui.autoAssignButton.click()
+    assert widget.panel.selected(widget._parameterNode) == {"flair": None, "t1": None, "t1ce": None, "t2": None}
+    volumes = add_case(scene)
+    assert widget.panel.selected(widget._parameterNode) == volumes
+
+
+@pytest.mark.parametrize("version", [(5, 8), (5, 10)])
+def test_exit_disconnects_the_gui_and_never_connects_it_twice(harness, monkeypatch, version):
+    module, scene, dialogs, state = harness
+    monkeypatch.setitem(GUI, "version", version)
+    widget = make_widget(module, state)
+    for _ in range(3):
+        widget.enter()
+        assert len(GUI["live"]) == 1
+        widget.exit()
+    # Slicer >= 5.10 can undo the connection; 5.8 cannot (connectGui returns None), so it is kept, once
+    assert len(GUI["live"]) == (1 if version < (5, 10) else 0)
+    scene.Clear(0)  # a new scene has a new parameter node: one connection, to it
+    widget.onSceneStartClose(None, None)
+    widget.enter()
+    assert [node for node, _tag in GUI["live"]][-1] == widget._parameterNode.parameterNode.GetID()
+
+
+def test_preprocess_checkbox_passes_preprocess_to_the_segmenter(harness, monkeypatch, tmp_path):
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
+    for checked in (False, True):
+        widget._parameterNode.preprocess = checked
+        widget.ui.segmentButton.click()
+        run_until_done(widget)
+        arguments = json.loads((tmp_path / "record.json").read_text())["args"]
+        assert ("--preprocess" in arguments) is checked
+
+
+def test_sample_data_is_registered_with_load_file_types(harness):
+    module, scene, dialogs, state = harness
+    module.registerStartupItems()
+    assert state["samples"][0]["loadFileTypes"] == ["VolumeFile"] * 4
+
+
+def test_texts_are_translated_in_the_file_that_owns_them(harness):
+    """slicer.i18n.tr takes its context from the calling file: each text must be translated there, and
+    only literal strings can be extracted for translators."""
+    module, scene, dialogs, state = harness
+    add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    contexts = {context for context, _text in state["translations"]}
+    assert {"LCKDSegmentationLib.modelCard", "LCKDSegmentationLib.panelState"} <= contexts
+    by_text = {text: context for context, text in state["translations"]}
+    assert by_text["Expected Dice with {inputs}: {scores}."] == "LCKDSegmentationLib.modelCard"
+    assert by_text["Segment"] == "LCKDSegmentationLib.panelState"
+    for path in [MODULE / "LCKDSegmentation.py", *sorted((MODULE / "LCKDSegmentationLib").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "tr"):
+                assert all(isinstance(argument, ast.Constant) and isinstance(argument.value, str)
+                           for argument in node.args), f"{path.name}:{node.lineno}: _() of a non-literal"

@@ -242,7 +242,7 @@ print(json.dumps(problems))
 
 def verifyEnvironment(lines: Sequence[str], python: Optional[str] = None,
                       libraryFolder: Path = LIBRARY_FOLDER, timeout: float = 600.0) -> List[str]:
-    """Problems of ``lines`` (requirements, with torch) in the interpreter that runs the segmenter.
+    """Problems of ``lines`` (requirements) in the interpreter that runs the segmenter.
 
     Each requirement and, recursively, its declared dependencies must be installed in versions that
     meet their bounds, and each requirement's modules must import. Empty when all is well.
@@ -286,8 +286,7 @@ def ensureDependencies(askConfirmation: bool = True, reinstall: bool = False, sl
             + "\n\n" + "\n".join(needed), "LCKDSegmentation"):
         return False
     _install(slicerModule, needed, reinstall, path)
-    problems = missingRequirements(path) or verifyEnvironment(["torch" + MINIMUM_TORCH] + requirements(path),
-                                                              python=python)
+    problems = missingRequirements(path) or verifyEnvironment(requirements(path), python=python)
     if problems:
         raise DependencyError(_("The Python packages do not work after installing: {problems}").format(
             problems="; ".join(problems)))

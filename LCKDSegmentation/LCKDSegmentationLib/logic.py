@@ -18,7 +18,7 @@ from lckd.sequences import SEQUENCE_TITLES, SEQUENCES
 
 from .modelCard import ModelSummary, readModelSummary
 from .regionVolumes import regionVolumesMl
-from .segmentationImport import ensureConverterRules, importLabelMap
+from .segmentationImport import ensureConverterRules, importLabelMap, removeNode
 from .segmenterProcess import EventCallback, SegmenterProcess, pythonExecutable
 from .sequenceAssignment import checkAssignment
 from .volumeExport import exportVolume
@@ -46,6 +46,8 @@ class SegmentationOptions:
     device: str = "auto"
     labels: str = "brats2018"
     postprocess: bool = False
+    #: co-register and skull-strip raw scans first (``lckd segment --preprocess``)
+    preprocess: bool = False
     threads: Optional[int] = None
     reference: Optional[str] = None
 
@@ -125,6 +127,8 @@ class LCKDSegmentationLogic:
                     "--reference", reference, "--labels", options.labels, "--progress", "json"]
         if options.postprocess:
             command.append("--postprocess")
+        if options.preprocess:
+            command.append("--preprocess")
         if options.threads:
             command += ["--threads", str(int(options.threads))]
         return command
@@ -182,7 +186,8 @@ class LCKDSegmentationLogic:
     def finish(self, job: SegmentationJob, scene, name: Optional[str] = None) -> SegmentationResult:
         """Import a finished job's label map as a new segmentation node; the temporary folder is removed.
 
-        Raises SegmentationError (OutOfMemoryError for a GPU out of memory) when the run failed.
+        Raises SegmentationError (OutOfMemoryError for a GPU out of memory) when the run failed, and
+        whatever reading or importing the result raised; the scene is then left as it was.
         """
         try:
             job.process.wait()
@@ -197,8 +202,13 @@ class LCKDSegmentationLogic:
                           "LCKDSegmentation.Labels": job.options.labels}
             node = importLabelMap(scene, job.output, name or self.defaultName(job),
                                   referenceVolumeNode=job.volumes[job.reference], attributes=attributes)
+            try:
+                volumesMl = regionVolumesMl(node)
+            except Exception:
+                removeNode(scene, node)  # a result that cannot be measured is not left half-made in the scene
+                raise
             return SegmentationResult(
-                segmentationNode=node, volumesMl=regionVolumesMl(node),
+                segmentationNode=node, volumesMl=volumesMl,
                 segmenterVolumesMl=dict(event.get("volumes_ml") or {}), sequences=job.sequences,
                 reference=job.reference, seconds=time.monotonic() - job.started, event=event)
         finally:

@@ -13,19 +13,19 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from lckd.errors import ModelFileError
 from lckd.sequences import SEQUENCE_TITLES, SEQUENCES, subset_key
+
+from .i18n import translator
+
+_ = translator(__file__)
 
 CARD_KEY = "lckd_model_card"  # lckd.model_file.CARD_KEY (a test keeps them equal)
 CARD_FORMAT = "lckd-model"
 REGION_ORDER = ("ET", "TC", "WT")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def _identity(text: str) -> str:
-    return text
 
 
 @dataclass
@@ -108,47 +108,47 @@ def bestAddition(summary: ModelSummary, present: Sequence[str]):
     return None if best is None else best[:2]
 
 
-def expectationText(summary: ModelSummary, present: Sequence[str], tr: Callable[[str], str] = _identity) -> str:
+def expectationText(summary: ModelSummary, present: Sequence[str]) -> str:
     """What the chosen inputs are expected to give and what the missing sequences cost (Dice)."""
     if not present:
-        return tr("Select at least one input volume.")
+        return _("Select at least one input volume.")
     chosen = summary.expectedDice(present)
     if chosen is None:
-        return tr("This model has no validation table for this combination of sequences.")
+        return _("This model has no validation table for this combination of sequences.")
     missing = [SEQUENCE_TITLES[s] for s in SEQUENCES if s not in present]
-    lines = [tr("Expected Dice with {inputs}: {scores}.").format(
+    lines = [_("Expected Dice with {inputs}: {scores}.").format(
         inputs=" + ".join(SEQUENCE_TITLES[s] for s in SEQUENCES if s in present), scores=_scores(chosen))]
     full = summary.expectedDice(SEQUENCES)
     if missing and full is not None:
         cost = {region: full[region] - chosen[region] for region in REGION_ORDER if region in full and region in chosen}
-        lines.append(tr("Missing {missing}: with all four sequences {scores} (cost {cost}).").format(
+        lines.append(_("Missing {missing}: with all four sequences {scores} (cost {cost}).").format(
             missing=", ".join(missing), scores=_scores(full),
             cost=", ".join(f"{region} {value:+.2f}" for region, value in cost.items())))
         addition = bestAddition(summary, present)
         if addition is not None and len(missing) > 1:
-            lines.append(tr("Adding {sequence} would help most: {scores}.").format(
+            lines.append(_("Adding {sequence} would help most: {scores}.").format(
                 sequence=SEQUENCE_TITLES[addition[0]], scores=_scores(addition[1])))
     elif not missing:
-        lines.append(tr("All four sequences are available."))
+        lines.append(_("All four sequences are available."))
     cases = (summary.validation or {}).get("cases")
     if cases:
-        lines.append(tr("Measured on {cases} validation cases of the model's training data.").format(cases=cases))
+        lines.append(_("Measured on {cases} validation cases of the model's training data.").format(cases=cases))
     return "\n".join(lines)
 
 
-def modelText(summary: ModelSummary, tr: Callable[[str], str] = _identity) -> str:
+def modelText(summary: ModelSummary) -> str:
     """The model's method, elected teachers (LCKD) or learned importance weights (MetaKD)."""
     lines: List[str] = []
     if summary.description:
         lines.append(summary.description)
-    lines.append(tr("Method: {method}; network: {preset}.").format(method=summary.method or "?",
+    lines.append(_("Method: {method}; network: {preset}.").format(method=summary.method or "?",
                                                                    preset=summary.preset or "?"))
     perRegion = (summary.teachers or {}).get("per_region") or {}
     if perRegion:
-        lines.append(tr("Elected teachers: {teachers}.").format(teachers=", ".join(
+        lines.append(_("Elected teachers: {teachers}.").format(teachers=", ".join(
             f"{region} {SEQUENCE_TITLES.get(sequence, sequence)}" for region, sequence in sorted(perRegion.items()))))
     if summary.importance:
-        lines.append(tr("Learned importance weights: {weights}.").format(weights=", ".join(
+        lines.append(_("Learned importance weights: {weights}.").format(weights=", ".join(
             f"{SEQUENCE_TITLES.get(sequence, sequence)} {weight:.2f}"
             for sequence, weight in summary.importance.items())))
     return "\n".join(lines)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from .i18n import translator
+
+_ = translator(__file__)
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 CATALOG_FILE = RESOURCES / "Models.json"
 CACHE_ENVIRONMENT_VARIABLE = "LCKD_MODEL_CACHE"
@@ -42,6 +45,7 @@ class ModelEntry:
     url: Optional[str] = None
     sizeBytes: Optional[int] = None
     description: str = ""
+    default: bool = False
 
     @property
     def fileName(self) -> str:
@@ -49,19 +53,26 @@ class ModelEntry:
 
     def describe(self) -> str:
         """Licence, training data, inputs and measured times, for a tooltip or an info box."""
-        lines = [self.title, f"Version {self.version}; licence {self.licence}.",
-                 f"Training data: {self.trainingData}.", f"Inputs: {self.inputs}."]
+        lines = [self.title, _("Version {version}; licence {licence}.").format(version=self.version,
+                                                                               licence=self.licence),
+                 _("Training data: {data}.").format(data=self.trainingData),
+                 _("Inputs: {inputs}.").format(inputs=self.inputs)]
         measured = [f"{device} {self.times[key]} s" for key, device in (("cpu_s", "CPU"), ("gpu_s", "GPU"))
                     if self.times.get(key) is not None]
         if measured:
             where = self.times.get("measured_on")
-            lines.append(f"Measured time per case: {', '.join(measured)}" + (f" ({where})." if where else "."))
-        lines.append("Shipped with the extension." if self.bundled else f"Downloaded from {self.url}.")
+            lines.append(_("Measured time per case: {times}").format(times=", ".join(measured))
+                         + (f" ({where})." if where else "."))
+        lines.append(_("Shipped with the extension.") if self.bundled
+                     else _("Downloaded from {url}.").format(url=self.url))
         return "\n".join(lines)
 
 
 def loadCatalog(path: Path = CATALOG_FILE) -> List[ModelEntry]:
-    """The catalogue's models, in order (the first is the default); ValueError when it is malformed."""
+    """The catalogue's models, in order; ValueError when it is malformed.
+
+    The default model is the one marked ``"default": true`` (at most one), else the first.
+    """
     document = json.loads(Path(path).read_text(encoding="utf-8"))
     entries = []
     for index, values in enumerate(document.get("models", [])):
@@ -74,10 +85,18 @@ def loadCatalog(path: Path = CATALOG_FILE) -> List[ModelEntry]:
             name=values["name"], version=values["version"], title=values["title"], sha256=values["sha256"].lower(),
             licence=values["licence"], trainingData=values["training_data"], inputs=values["inputs"],
             times=dict(values.get("times") or {}), bundled=values.get("bundled"), url=values.get("url"),
-            sizeBytes=values.get("size_bytes"), description=values.get("description", "")))
+            sizeBytes=values.get("size_bytes"), description=values.get("description", ""),
+            default=bool(values.get("default", False))))
     if not entries:
         raise ValueError(f"{path}: the catalogue lists no model")
+    if sum(entry.default for entry in entries) > 1:
+        raise ValueError(f"{path}: more than one model is marked as the default")
     return entries
+
+
+def defaultEntry(entries: List[ModelEntry]) -> Optional[ModelEntry]:
+    """The model marked as the default, else the first; None for an empty list."""
+    return next((entry for entry in entries if entry.default), entries[0] if entries else None)
 
 
 def entryByName(entries: List[ModelEntry], name: str) -> Optional[ModelEntry]:

@@ -11,10 +11,12 @@ from typing import Dict
 
 import numpy as np
 
+from .i18n import translator
 from .segmentationImport import ROLE_TAG
 
+_ = translator(__file__)
+
 REGION_ROLES = {"ET": ("ET",), "TC": ("NCR", "ET"), "WT": ("NCR", "ED", "ET")}
-REGION_NAMES = {"ET": "Enhancing tumour (ET)", "TC": "Tumour core (TC)", "WT": "Whole tumour (WT)"}
 _ROLE_OF_CODE = {"6574001": "NCR", "79654002": "ED", "C113842": "ET"}
 _ROLE_OF_NAME = {"necrosis": "NCR", "oedema": "ED", "edema": "ED", "enhancing tumour": "ET", "enhancing tumor": "ET"}
 
@@ -82,6 +84,12 @@ def regionVolumesMl(segmentationNode) -> Dict[str, float]:
     return {region: sum(roles[role] for role in members) for region, members in REGION_ROLES.items()}
 
 
+def regionNames() -> Dict[str, str]:
+    """The regions' names in the application's language."""
+    return {"ET": _("Enhancing tumour (ET)"), "TC": _("Tumour core (TC)"), "WT": _("Whole tumour (WT)")}
+
+
 def volumesTable(volumes: Dict[str, float]):
     """Rows ``(region name, "12.34")`` in the order ET, TC, WT, for a table widget."""
-    return [(REGION_NAMES[region], f"{volumes.get(region, 0.0):.2f}") for region in ("ET", "TC", "WT")]
+    names = regionNames()
+    return [(names[region], f"{volumes.get(region, 0.0):.2f}") for region in ("ET", "TC", "WT")]

@@ -41,7 +41,7 @@ def sampleDataSourceArguments(resources: Path = RESOURCES) -> Dict[str, object]:
         fileNames=[sampleFile(sequence, resources).name for sequence in SEQUENCES],
         nodeNames=[nodeName(sequence) for sequence in SEQUENCES],
         checksums=[f"SHA256:{CHECKSUMS[sequence]}" for sequence in SEQUENCES],
-        loadFileType=["VolumeFile"] * len(SEQUENCES))
+        loadFileTypes=["VolumeFile"] * len(SEQUENCES))
 
 
 def registerSampleData(sampleDataModule, resources: Path = RESOURCES) -> None:

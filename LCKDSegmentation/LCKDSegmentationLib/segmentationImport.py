@@ -4,7 +4,8 @@ placed next to the reference volume in the subject hierarchy (its study).
 
 When the reference volume sits under a linear transform, the label map (written on the reference's
 world grid) is put back on the reference's own grid under the same transform, so that the
-segmentation and the volume share one geometry (what DICOM SEG export needs).
+segmentation and the volume share one geometry (what DICOM SEG export needs). In every case the
+segmentation's reference geometry points to the reference volume.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, 
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode if shares else labelNode)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentationNode):
             raise RuntimeError(f"Could not import {labelPath} as a segmentation.")
+        if referenceVolumeNode is not None and not shares:
+            # the label map's own grid was used for the import; the geometry reference (what DICOM SEG
+            # export follows) is the reference volume, never the temporary label map node removed below
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
         describeSegments(segmentationNode)
         for key, value in (attributes or {}).items():
             segmentationNode.SetAttribute(str(key), str(value))
@@ -122,11 +127,23 @@ def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, 
             placeInStudy(scene, segmentationNode, referenceVolumeNode)
     except Exception:
         if segmentationNode is not None:
-            scene.RemoveNode(segmentationNode)
+            removeNode(scene, segmentationNode)
         raise
     finally:
-        scene.RemoveNode(labelNode)
+        removeNode(scene, labelNode)
     return segmentationNode
+
+
+def removeNode(scene, node) -> None:
+    """Remove a node with its display and storage nodes (the scene alone would leave them behind)."""
+    for index in reversed(range(node.GetNumberOfDisplayNodes())):
+        display = node.GetNthDisplayNode(index)
+        if display is not None:
+            scene.RemoveNode(display)
+    storage = node.GetStorageNode()
+    if storage is not None:
+        scene.RemoveNode(storage)
+    scene.RemoveNode(node)
 
 
 def describeSegments(segmentationNode) -> None:

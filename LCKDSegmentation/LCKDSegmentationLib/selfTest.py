@@ -293,3 +293,48 @@ def flippedCopy(scene, volumeNode, name: str):
     copy.SetAndObserveImageData(image)
     copy.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     return copy
+
+
+def runInSlicer(test, logic: LCKDSegmentationLogic, scene, sampleDataModule=None) -> None:
+    """``LCKDSegmentationTest``'s steps: ``test`` is the unittest case (assertions, ``delayDisplay``).
+
+    The sample phantom is loaded through Slicer's Sample Data module, the FLAIR copied onto a flipped
+    grid and the T1ce put under a transform; then refusals, cancel and all 15 subsets with a tiny model.
+    """
+    import shutil
+    import tempfile
+
+    from .dependencies import ensureDependencies
+    from .sampleData import SAMPLE_NAME, registerSampleData
+    from .sequenceAssignment import autoAssign
+
+    if sampleDataModule is None:
+        import SampleData as sampleDataModule  # Slicer's Sample Data module
+    # under --testing, missing packages are installed without asking (and logged); present ones are left alone
+    test.assertTrue(ensureDependencies(askConfirmation=False), "Python packages are missing")
+    test.delayDisplay("Loading the phantom sample")
+    registerSampleData(sampleDataModule)
+    nodes = sampleDataModule.SampleDataLogic().downloadSamples(SAMPLE_NAME)
+    test.assertEqual(len(nodes), 4)
+    byName = {node.GetName(): node for node in nodes}
+    volumes = {sequence: byName[name] for sequence, name in autoAssign(list(byName)).items()}
+    test.assertEqual(sorted(volumes), ["flair", "t1", "t1ce", "t2"])
+    volumes["flair"] = flippedCopy(scene, volumes["flair"], "Phantom_flair_flipped")
+    moveUnderTransform(scene, volumes["t1ce"])
+
+    test.delayDisplay("Making a tiny model")
+    folder = Path(tempfile.mkdtemp(prefix="LCKDSegmentationTest-"))
+    try:
+        model = makeTinyModel(folder / "tiny.safetensors", logic.python, logic.libraryFolder)
+        options = SegmentationOptions(modelPath=model, device="cpu", threads=1)
+        test.delayDisplay("Refusals")
+        test.assertEqual(checkRefusals(logic, scene, volumes, options), [])
+        test.delayDisplay("Cancel")
+        test.assertEqual(checkCancel(logic, scene, volumes, options), [])
+        test.delayDisplay("Every subset of sequences")
+        problems = checkSubsets(logic, scene, volumes, options, concurrency=2)
+        test.assertEqual(len(problems), 15)
+        test.assertEqual({key: found for key, found in problems.items() if found}, {})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    test.delayDisplay("Test passed")
