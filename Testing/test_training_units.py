@@ -4,12 +4,14 @@ augmentation, the MetaKD meta step, settings, HD95."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from lckd.cases import CaseFiles, read_case_folder
@@ -18,7 +20,7 @@ from lckd.network import PRESETS as NETWORKS
 from lckd.network import Encoded, LCKDNet
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES
-from training.augmentation import Augmentation
+from training.augmentation import Augmentation, FastAugmentation, make_augmentation
 from training.config import PRESETS, TrainConfig, build_config, parse_overrides
 from training.data import (
     CachedCase,
@@ -30,10 +32,11 @@ from training.data import (
     make_split,
     random_patch,
 )
+from training.distributed import rank_batch_size
 from training.evaluation import EMPTY_HD95, dice, hd95
 from training.losses import lckd_kd, metakd_kd, segmentation_loss
 from training.meta import ImportanceWeights
-from training.trainer import batch_subset, poly_learning_rate
+from training.trainer import batch_subset, meta_subsets, poly_learning_rate, validation_subsets
 
 pytestmark = pytest.mark.xdist_group("training")
 
@@ -114,7 +117,8 @@ def test_cache_is_memory_mapped_keyed_by_settings_and_picklable(tmp_path):
     labels[9:11, 11:13, 7:9] = 3  # BraTS 2023: ET is 3
     for suffix in ("t2f", "t1n", "t1c", "t2w"):
         image = np.zeros(labels.shape, np.float32)
-        image[2:-2, 2:-2, 2:-2] = 100 + 10 * labels[2:-2, 2:-2, 2:-2]
+        noise = np.random.default_rng(len(suffix)).normal(0, 3, labels.shape)[2:-2, 2:-2, 2:-2]
+        image[2:-2, 2:-2, 2:-2] = 100 + 10 * labels[2:-2, 2:-2, 2:-2] + noise
         nib.save(nib.Nifti1Image(image, affine), str(folder / f"Case_7-{suffix}.nii.gz"))
     nib.save(nib.Nifti1Image(labels, affine), str(folder / "Case_7-seg.nii.gz"))
     case = read_case_folder(folder)
@@ -155,16 +159,18 @@ def test_patches_are_reproducible_and_sample_the_tumour():
     assert images.shape == (4, 48, 64, 64) and patch_labels.shape == (48, 64, 64)  # zero-padded
 
 
-def test_rotation_pushes_no_invalid_label_values():
+@pytest.mark.parametrize("chain", ["monai", "fast", "released"])
+def test_rotation_pushes_no_invalid_label_values(chain):
     """Fix of method.md section 6: what rotation moves out of the volume is background, never -1."""
-    config = TrainConfig(elastic_probability=1.0)
-    augmentation = Augmentation(config)
+    config = TrainConfig(elastic_probability=1.0, tile_size=(32, 32, 32), augmentation=chain)
+    augmentation = make_augmentation(config)
     labels = np.full((32, 32, 32), 4, np.uint8)
     labels[:, :16] = 1
+    case = in_memory_case(np.ones((4, 32, 32, 32), np.float32), labels)
     for seed in range(12):
-        _, out = augmentation(np.ones((4, 32, 32, 32), np.float32), labels, seed)
+        images, out = augmentation(case, np.zeros(3, int), seed)
         assert set(np.unique(out)) <= {0, 1, 2, 4}
-        assert out.dtype == np.uint8
+        assert out.dtype == np.uint8 and images.dtype == np.float32 and images.shape == (4, 32, 32, 32)
 
 
 def test_index_sampler_resumes_where_it_stopped():
@@ -175,10 +181,26 @@ def test_index_sampler_resumes_where_it_stopped():
     assert not set(full) & set(other_rank)
 
 
+def test_learning_rate_schedules():
+    """released: poly to 0 over stage 1 (80k), then stage 2 restarts on the 115k curve; single: one curve."""
+    released = PRESETS["paper"]
+    single = replace(released, lr_schedule="single")
+    assert released.lr_schedule == "released" and TrainConfig().lr_schedule == "single"
+    assert poly_learning_rate(released, 0) == poly_learning_rate(single, 0) == pytest.approx(1e-2)
+    assert poly_learning_rate(released, 79_000) == pytest.approx(1e-2 * (1 / 80) ** 0.9)  # 1.9e-4
+    assert poly_learning_rate(single, 79_000) == pytest.approx(1e-2 * (36 / 115) ** 0.9)  # 3.5e-3
+    assert poly_learning_rate(released, 80_000) == pytest.approx(3.43e-3, abs=1e-5)
+    for i in (80_000, 100_000, 114_999):
+        assert poly_learning_rate(released, i) == poly_learning_rate(single, i)
+    assert poly_learning_rate(single, single.iterations // 2) == pytest.approx(1e-2 * 0.5 ** 0.9)
+    assert parse_overrides(["lr_schedule=single"]) == {"lr_schedule": "single"}
+    assert build_config("paper", parse_overrides(["lr_schedule=single"])).lr_schedule == "single"
+    with pytest.raises(Exception, match="lr_schedule=cosine: choose from single, released"):
+        build_config("paper", {"lr_schedule": "cosine"})
+
+
 def test_schedule_and_subsets():
     config = PRESETS["paper"]
-    assert poly_learning_rate(config, 0) == pytest.approx(1e-2)
-    assert poly_learning_rate(config, config.iterations // 2) == pytest.approx(1e-2 * 0.5 ** 0.9)
     assert batch_subset(config, "lckd", 0) == [True] * 4
     late = [batch_subset(config, "lckd", i) for i in range(config.stage1_iterations, config.stage1_iterations + 200)]
     assert all(1 <= sum(s) <= 3 for s in late)
@@ -263,3 +285,201 @@ def test_dice_and_pooled_hd95():
     empty = np.zeros_like(a)
     assert hd95(empty, empty, (1, 1, 1)) == 0.0 and hd95(a, empty, (1, 1, 1)) == EMPTY_HD95
     assert dice(empty, empty) == 1.0 and dice(a, empty) == 0.0
+
+
+# -- settings added for issue 15: their defaults keep what runs started before them did ---------------
+
+#: brats-cpu as it was when the real-data run started; that run resumes with these exact values
+BRATS_CPU = {"preset": "brats-cpu", "network": "small", "tile_size": [48, 64, 64], "spacing_mm": 2.0,
+             "batch_size": 2, "learning_rate": 1e-2, "momentum": 0.99, "poly_power": 0.9,
+             "stage1_iterations": 2800, "iterations": 7000, "kd_weight": 0.1, "election_every": 700,
+             "meta_every_stage1": 100, "meta_every_stage2": 250, "meta_steps": 5, "meta_learning_rate": 1e-2,
+             "meta_weight_decay": 5e-4, "foreground_fraction": 0.5, "augment": True, "elastic_probability": 0.2,
+             "checkpoint_every": 100, "validate_every": 1400, "validation_cases": 0, "election_fraction": 0.05,
+             "meta_fraction": 0.05, "validation_fraction": 0.2, "min_held_out": 1, "selection_on_training": True,
+             "num_workers": 1, "mixed_precision": True, "seed": 0}
+TODAY = {"lr_schedule": "single", "meta_batch_size": 0, "meta_subsets": "all", "importance_init": "zeros",
+         "lckd_foreground_fraction": -1.0, "augmentation": "monai", "validation_subsets": 0, "hold_out_unused": True}
+
+
+def test_new_settings_default_to_the_behaviour_before_them():
+    """A config.json written before these settings existed loads with the old behaviour."""
+    resumed = TrainConfig.from_dict(dict(BRATS_CPU))
+    assert {key: value for key, value in resumed.to_dict().items() if key in BRATS_CPU} == BRATS_CPU
+    assert {key: getattr(resumed, key) for key in TODAY} == TODAY
+    assert PRESETS["brats-cpu"] == resumed  # the preset itself is unchanged
+    paper = PRESETS["paper"]
+    assert (paper.lr_schedule, paper.meta_batch_size, paper.meta_subsets, paper.importance_init,
+            paper.lckd_foreground_fraction, paper.augmentation) == ("released", 1, "training", "rand", 0.375,
+                                                                      "released")
+    assert (paper.validation_cases, paper.validation_subsets) == (10, 5)
+    for key, bad in (("meta_subsets", "some"), ("importance_init", "ones"), ("augmentation", "gpu")):
+        with pytest.raises(Exception, match=f"{key}={bad}: choose from"):
+            build_config("tiny", {key: bad})
+    with pytest.raises(Exception, match="validation_fraction=1.0"):
+        build_config("tiny", {"validation_fraction": 1.0})
+
+
+def test_meta_subsets_follow_training_in_stage_2_and_importance_starts_from_rand():
+    paper, today = PRESETS["paper"], replace(PRESETS["paper"], meta_subsets="all")
+    assert meta_subsets(paper, "metakd", 100) is None  # stage 1: all four
+    assert meta_subsets(today, "metakd", 90_000) is None
+    late = [mask for i in range(80_000, 80_000 + 20 * 500, 500) for mask in meta_subsets(paper, "metakd", i)]
+    assert len(late) == 20 * paper.meta_steps and {sum(mask) for mask in late} == {1, 2, 3, 4}
+    assert meta_subsets(paper, "metakd", 80_000) == meta_subsets(paper, "metakd", 80_000)  # seeded
+    weights = ImportanceWeights(1e-2, 5e-4, init="rand", seed=3)
+    torch.testing.assert_close(weights.logits.detach(), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    assert float(ImportanceWeights(1e-2, 5e-4).logits.abs().sum()) == 0.0
+
+
+def test_meta_step_with_a_subset_uses_encoder_of_zero_for_the_missing():
+    """A missing sequence's input is zeroed, so what its channel holds cannot change the step."""
+    torch.manual_seed(0)
+    net = LCKDNet(NETWORKS["tiny"])
+    regions = (torch.rand(1, 3, 32, 64, 64) > 0.9).float()
+    images = torch.randn(1, 4, 32, 64, 64)
+    garbage = images.clone()
+    garbage[:, [0, 1, 3]] = torch.randn(1, 3, 32, 64, 64) * 5
+    present = [[False, False, True, False]]
+    results = []
+    for batch in (images, garbage):
+        weights = ImportanceWeights(learning_rate=1e-2, weight_decay=5e-4, init="rand", seed=1)
+        weights.meta_step(net, [{"images": batch, "regions": regions}], present)
+        results.append(weights.logits.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+    all_four = ImportanceWeights(learning_rate=1e-2, weight_decay=5e-4, init="rand", seed=1)
+    all_four.meta_step(net, [{"images": images, "regions": regions}])
+    assert not torch.allclose(all_four.logits.detach(), results[0])
+
+
+def test_split_holds_out_nothing_when_asked_for_none():
+    config = TrainConfig(validation_fraction=0.0, election_fraction=0.0, meta_fraction=0.0, min_held_out=2)
+    split = make_split(_case_files(6), config)
+    assert split["validation"] == [] and len(split["train"]) == 6
+    assert split["election"] == split["meta"] == split["train"]
+    assert make_split(_case_files(1), config)["train"] == ["c00"]
+
+
+def test_paper_protocol_trains_on_every_case_with_the_released_selection_sets():
+    """BraTS 2018: LCKD trains on all 285 and elects on them; MetaKD trains on 280 and meta-learns on 5."""
+    protocol = PRESETS["paper-protocol"]
+    lckd = make_split(_case_files(285), protocol, "lckd")
+    assert lckd["validation"] == [] and len(lckd["train"]) == 285 and lckd["election"] == lckd["train"]
+    assert lckd["meta"] == []
+    metakd = make_split(_case_files(285), protocol, "metakd")
+    assert len(metakd["train"]) == 280 and len(metakd["meta"]) == 5 and not set(metakd["meta"]) & set(metakd["train"])
+    assert metakd["election"] == [] and metakd["validation"] == []
+    baseline = make_split(_case_files(285), protocol, "baseline")
+    assert len(baseline["train"]) == 285 and baseline["meta"] == baseline["election"] == []
+    # the default keeps holding out both sets whatever the method (as runs before this setting did)
+    held = make_split(_case_files(40), TrainConfig(), "lckd")
+    assert len(held["meta"]) == 2 and len(held["election"]) == 2 and len(held["validation"]) == 6
+
+
+def test_global_batch_splits_across_ranks_and_draws_the_single_process_samples():
+    assert rank_batch_size(4, 2) == 2 and rank_batch_size(2, 1) == 2
+    with pytest.raises(Exception, match="batch_size=3: the global batch must divide among the 2 processes"):
+        rank_batch_size(3, 2)
+    alone = list(IndexSampler(5, 9, 4, rank=0, world_size=1))
+    ranks = [list(IndexSampler(5, 9, 2, rank=r, world_size=2)) for r in (0, 1)]
+    for iteration in range(4):
+        together = ranks[0][2 * iteration:2 * iteration + 2] + ranks[1][2 * iteration:2 * iteration + 2]
+        assert together == alone[4 * iteration:4 * iteration + 4]
+
+
+def test_periodic_validation_scores_a_fixed_sample_of_subsets():
+    paper = PRESETS["paper"]
+    chosen = validation_subsets(paper)
+    assert len(chosen) == 5 and chosen == validation_subsets(paper) and len(set(chosen)) == 5
+    assert len(validation_subsets(TrainConfig())) == 15
+
+
+# -- the fast augmentation chain: statistically the MONAI chain, several times cheaper -----------------
+
+def _ramp_case(shape=(32, 40, 40)) -> CachedCase:
+    """Channels 0-2 hold each voxel's coordinate along D, H, W and channel 3 is 1 everywhere, so an
+    output voxel's values tell where it was sampled from (linear interpolation is exact on a ramp)
+    and whether it was padded (channel 3 = 0)."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    labels = np.zeros(shape, np.uint8)
+    labels[10:22, 14:26, 14:26] = 2
+    labels[13:19, 17:23, 17:23] = 4
+    return in_memory_case(np.concatenate([grid, np.ones((1,) + shape, np.float32)]), labels)
+
+
+def _spatial_statistics(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per patch: padded fraction, spread of the sampled coordinates (zoom, scaling), the part of
+    the displacement no affine map explains (elastic), and the tumour fraction."""
+    inside = images[3] > 0.999
+    coordinates = images[:3][:, inside].T
+    grid = np.stack(np.nonzero(inside), axis=1).astype(np.float64)
+    design = np.concatenate([grid, np.ones((len(grid), 1))], axis=1)
+    fit, *_ = np.linalg.lstsq(design, coordinates, rcond=None)
+    residual = coordinates - design @ fit
+    return np.array([1.0 - inside.mean(), coordinates.std(axis=0).mean(), np.sqrt((residual ** 2).mean()),
+                     (labels > 0).mean()])
+
+
+def _spatial_draws(chain, case, tile, seeds) -> np.ndarray:
+    out = []
+    for seed in seeds:
+        images, labels = chain(case, np.array([4, 4, 4]), seed)
+        out.append(_spatial_statistics(images, labels))
+    return np.array(out)
+
+
+def test_fast_chain_matches_the_monai_chain_spatially():
+    """Zoom, flips, rotation, scaling and the elastic field of the fast chain against MONAI's, on a
+    coordinate ramp with the intensity transforms off; each statistic's mean agrees within a few
+    standard errors, and the elastic residual (elastic on every patch) within 15 %."""
+    case, tile = _ramp_case(), (24, 32, 32)
+    for elastic in (0.2, 1.0):
+        config = TrainConfig(tile_size=tile, elastic_probability=elastic)
+        monai_chain = Augmentation(config)
+        monai_chain.transform.transforms = monai_chain.transform.transforms[:3] + monai_chain.transform.transforms[-3:]
+        fast = FastAugmentation(config)
+        fast._intensity = lambda image, rng: image
+        seeds = range(30) if elastic == 1.0 else range(80)
+        before, after = _spatial_draws(monai_chain, case, tile, seeds), _spatial_draws(fast, case, tile, seeds)
+        error = np.sqrt(before.var(axis=0) / len(before) + after.var(axis=0) / len(after))
+        assert np.all(np.abs(before.mean(axis=0) - after.mean(axis=0)) <= 4 * error + 1e-3), (before.mean(0),
+                                                                                             after.mean(0))
+        if elastic == 1.0:
+            assert after[:, 2].mean() == pytest.approx(before[:, 2].mean(), rel=0.15)
+    released = FastAugmentation(TrainConfig(tile_size=tile, elastic_probability=1.0), released=True)
+    released._intensity = lambda image, rng: image
+    stronger = _spatial_draws(released, case, tile, range(30))
+    assert stronger[:, 2].mean() > 2.5 * after[:, 2].mean()  # 4x the displacement
+    assert stronger[:, 0].mean() < 0.5 * after[:, 0].mean()  # real context instead of zeros
+
+
+def test_fast_chain_matches_the_monai_chain_in_intensity():
+    """The intensity transforms (noise, blur, brightness, contrast, low resolution, gamma) on one
+    patch: distributions of mean, spread, extremes and roughness agree (two-sample KS test)."""
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(0)
+    patch = (np.sin(np.linspace(0, 6, 32))[:, None, None] * np.cos(np.linspace(0, 4, 40))[None, :, None]
+             + np.linspace(-1, 1, 40)[None, None, :]).astype(np.float32)
+    image = np.stack([patch + k for k in range(4)]) + rng.normal(0, 0.05, (4, 32, 40, 40)).astype(np.float32)
+    monai_chain = Augmentation(TrainConfig(tile_size=(32, 40, 40)))
+    intensity = Compose(monai_chain.transform.transforms[3:9])
+    fast = FastAugmentation(TrainConfig(tile_size=(32, 40, 40)))
+
+    def statistics(out):
+        return [out.mean(), out.std(), out.min(), out.max(), np.abs(np.diff(out, axis=3)).mean()]
+
+    before, after = [], []
+    for seed in range(300):
+        intensity.set_random_state(seed=seed)
+        before.append(statistics(np.asarray(intensity({"image": torch.from_numpy(image.copy())})["image"])))
+        after.append(statistics(fast._intensity(image.copy(), np.random.default_rng(seed))))
+    before, after = np.array(before), np.array(after)
+    for column in range(before.shape[1]):
+        assert ks_2samp(before[:, column], after[:, column]).pvalue > 0.01, column
+    released = FastAugmentation(TrainConfig(tile_size=(32, 40, 40)), released=True)
+    shifted = [released._intensity(image.copy(), np.random.default_rng(seed)).mean(axis=(1, 2, 3))
+               - image.mean(axis=(1, 2, 3)) for seed in range(300)]
+    # additive brightness moves the sequences independently; the multiplicative form cannot
+    spread = np.array(shifted).std(axis=0)
+    assert np.all(spread > 0.02)

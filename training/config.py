@@ -1,4 +1,10 @@
-"""Training settings: presets (`paper`, `phantom`, `tiny`), command-line overrides, saved with the run."""
+"""Training settings: presets (`paper`, `paper-protocol`, `brats-cpu`, `phantom`, `tiny`), command-line
+overrides, saved with the run.
+
+Every setting added after runs were started has a dataclass default that reproduces the behaviour
+before it existed, because ``TrainConfig.from_dict`` fills keys absent from an older ``config.json``
+with these defaults; the presets set the released values explicitly.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ from typing import Dict, Sequence, Tuple
 from lckd.errors import LCKDError
 
 METHODS = ("lckd", "metakd", "baseline")
+LR_SCHEDULES = ("single", "released")
+META_SUBSETS = ("all", "training")
+IMPORTANCE_INITS = ("zeros", "rand")
+AUGMENTATIONS = ("monai", "fast", "released")
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,9 @@ class TrainConfig:
     learning_rate: float = 1e-2
     momentum: float = 0.99
     poly_power: float = 0.9
+    # single: one poly curve over all iterations; released: poly to 0 over stage 1, then stage 2
+    # restarts on the single curve (1e-2 * (1 - i / iterations) ** 0.9), as the authors' two runs
+    lr_schedule: str = "single"
     stage1_iterations: int = 80_000
     iterations: int = 115_000
     kd_weight: float = 0.1
@@ -31,16 +44,33 @@ class TrainConfig:
     meta_steps: int = 20
     meta_learning_rate: float = 1e-2
     meta_weight_decay: float = 5e-4
+    meta_batch_size: int = 0  # 0: batch_size
+    # all: the meta forward always has the four sequences; training: in stage 2 it draws a random
+    # subset like the training batches (a missing sequence enters as encoder(0) * alpha), as released
+    meta_subsets: str = "all"
+    importance_init: str = "zeros"  # zeros, or rand (torch.rand(4), seeded, as released)
     foreground_fraction: float = 0.5
+    lckd_foreground_fraction: float = -1.0  # LCKD runs' tumour-centred fraction; negative: foreground_fraction
     augment: bool = True
+    # monai: the MONAI transform chain; fast: the same augmentation (same parameters and
+    # probabilities) in one resampling, several times faster; released: the fast chain with the
+    # authors' magnitudes (4x elastic displacement, scaling and rotation read real context around
+    # the patch instead of zeros, additive instead of multiplicative brightness)
+    augmentation: str = "monai"
     elastic_probability: float = 0.2
     checkpoint_every: int = 500
     validate_every: int = 5_000
     validation_cases: int = 0  # 0: all validation cases at each periodic validation
+    validation_subsets: int = 0  # 0: all 15 subsets at each periodic validation (the final one always has 15)
+    # fractions of the labelled cases; 0 holds none out: no validation, or the election / meta set
+    # is the training cases (the release's protocol)
     election_fraction: float = 0.05
     meta_fraction: float = 0.05
     validation_fraction: float = 0.15
-    min_held_out: int = 1
+    min_held_out: int = 1  # at least this many cases in each set with a fraction above 0
+    # False: the set the method does not use (election for MetaKD, meta for LCKD, both for the
+    # baseline) is not held out, so those cases train
+    hold_out_unused: bool = True
     # tiny data sets: elect teachers and run meta steps on the training cases instead of holding
     # election and meta cases out (only the validation cases are never trained on)
     selection_on_training: bool = False
@@ -56,8 +86,17 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+PAPER = TrainConfig(preset="paper", lr_schedule="released", meta_batch_size=1, meta_subsets="training",
+                    importance_init="rand", lckd_foreground_fraction=0.375, augmentation="released",
+                    validation_cases=10, validation_subsets=5)
+
 PRESETS: Dict[str, TrainConfig] = {
-    "paper": TrainConfig(preset="paper"),
+    # the papers' settings as the authors' code runs them (Training.md lists each value)
+    "paper": PAPER,
+    # the papers' data protocol: train on every case (LCKD elects on the training cases; MetaKD
+    # holds out 5 of BraTS 2018's 285 for its meta set), no local validation (submit to the online one)
+    "paper-protocol": replace(PAPER, preset="paper-protocol", validation_fraction=0.0, election_fraction=0.0,
+                              meta_fraction=0.0175, hold_out_unused=False),
     # the bundled demo model: 2 mm phantoms, the `demo` network, a 2-core CPU in minutes
     "phantom": TrainConfig(preset="phantom", network="demo", tile_size=(48, 64, 64), spacing_mm=2.0,
                            stage1_iterations=480, iterations=800, learning_rate=1e-2, election_every=200,
@@ -131,4 +170,16 @@ def check_config(config: TrainConfig) -> None:
                 "checkpoint_every", "validate_every"):
         if getattr(config, key) < 1:
             raise LCKDError(f"{key}={getattr(config, key)}: must be at least 1")
+    for key, choices in (("lr_schedule", LR_SCHEDULES), ("meta_subsets", META_SUBSETS),
+                         ("importance_init", IMPORTANCE_INITS), ("augmentation", AUGMENTATIONS)):
+        if getattr(config, key) not in choices:
+            raise LCKDError(f"{key}={getattr(config, key)}: choose from {', '.join(choices)}")
+    for key in ("meta_batch_size", "validation_cases", "validation_subsets", "min_held_out"):
+        if getattr(config, key) < 0:
+            raise LCKDError(f"{key}={getattr(config, key)}: must be 0 or more")
+    if config.validation_subsets > 15:
+        raise LCKDError(f"validation_subsets={config.validation_subsets}: there are 15 subsets")
+    for key in ("election_fraction", "meta_fraction", "validation_fraction"):
+        if not 0.0 <= getattr(config, key) < 1.0:
+            raise LCKDError(f"{key}={getattr(config, key)}: must be at least 0 and below 1")
 

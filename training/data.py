@@ -29,45 +29,58 @@ from lckd.sequences import REGIONS
 
 from .config import TrainConfig
 
+#: The held-out sets a method uses (the baseline uses neither).
+USES = {"lckd": ("election",), "metakd": ("meta",), "baseline": ()}
 
-def make_split(cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
+
+def make_split(cases: Sequence[CaseFiles], config: TrainConfig, method: Optional[str] = None) -> Dict[str, List[str]]:
     """A seeded split of case names into train / election / meta / validation.
 
-    Validation never overlaps anything. The election and meta sets are held out too, unless
-    ``selection_on_training`` (tiny data sets), where both are the training cases.
+    Validation never overlaps anything; ``validation_fraction`` 0 leaves it empty. The election
+    and meta sets are held out too, unless ``selection_on_training`` (tiny data sets) or their
+    fraction is 0, where they are the training cases. With ``hold_out_unused`` False, the set
+    ``method`` does not use is empty instead of held out. A set with a fraction above 0 has at
+    least ``min_held_out`` cases; a fraction of 0 never keeps a case out.
     """
     names = sorted(case.name for case in cases if case.segmentation is not None)
-    held_out_sets = 1 if config.selection_on_training else 3
-    if len(names) < held_out_sets * config.min_held_out + 1:
-        parts = "train and validation" if config.selection_on_training else "train, election, meta and validation"
+    selection = () if config.selection_on_training else ("election", "meta")
+    if not config.hold_out_unused and method is not None:
+        selection = tuple(part for part in selection if part in USES[method])
+    parts = tuple(part for part in ("validation",) + selection if getattr(config, f"{part}_fraction") > 0)
+    if len(names) < len(parts) * config.min_held_out + 1:
+        named = ("train",) + parts
+        sets = " and ".join(filter(None, (", ".join(named[:-1]), named[-1])))
         raise InputError(f"only {len(names)} labelled case(s) found; training needs at least "
-                         f"{held_out_sets * config.min_held_out + 1} ({parts} sets)")
+                         f"{len(parts) * config.min_held_out + 1} ({sets} sets)")
     order = np.random.default_rng(config.seed).permutation(len(names))
     shuffled = [names[i] for i in order]
 
     def count(fraction: float) -> int:
         return max(config.min_held_out, int(round(fraction * len(names))))
 
-    parts = ("validation",) if config.selection_on_training else ("validation", "election", "meta")
-    split: Dict[str, List[str]] = {}
+    split: Dict[str, List[str]] = {"validation": []}
     start = 0
     for name in parts:
         size = count(getattr(config, f"{name}_fraction"))
         split[name] = sorted(shuffled[start:start + size])
         start += size
     split["train"] = sorted(shuffled[start:])
-    if config.selection_on_training:
-        split["election"] = list(split["train"])
-        split["meta"] = list(split["train"])
-    return split
+    if len(split["train"]) < 1:
+        raise InputError(f"only {len(names)} labelled case(s) found: the held-out sets leave none to train on")
+    for name in ("election", "meta"):
+        if name not in split:
+            used = method is None or config.hold_out_unused or name in USES[method]
+            split[name] = list(split["train"]) if used else []
+    return {name: split[name] for name in ("validation", "election", "meta", "train")}
 
 
-def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainConfig) -> Dict[str, List[str]]:
+def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainConfig,
+                       method: Optional[str] = None) -> Dict[str, List[str]]:
     """The run's split (``split.json``), written once and reused on resume."""
     path = run_dir / "split.json"
     if path.is_file():
         return json.loads(path.read_text())
-    split = make_split(cases, config)
+    split = make_split(cases, config, method)
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(split, indent=2))
     return split
@@ -144,11 +157,13 @@ def load_cached(path: Path) -> CachedCase:
 
 
 def prepare_data(data_dir: Path, run_dir: Path, config: TrainConfig, cache_dir: Optional[Path] = None,
-                 normalisation: Optional[Normalisation] = None) -> Tuple[Dict[str, List[str]], Path]:
-    """Discover cases, write the split and fill the cache; returns (split, folder of the cached cases)."""
+                 normalisation: Optional[Normalisation] = None,
+                 method: Optional[str] = None) -> Tuple[Dict[str, List[str]], Path]:
+    """Discover cases, write the split (for ``method``, see :func:`make_split`) and fill the cache;
+    returns (split, folder of the cached cases)."""
     normalisation = normalisation or Normalisation()
     cases = find_cases(data_dir)
-    split = load_or_make_split(run_dir, cases, config)
+    split = load_or_make_split(run_dir, cases, config, method)
     folder = cache_folder(cache_dir or run_dir / "cache", config.spacing_mm, normalisation)
     folder.mkdir(parents=True, exist_ok=True)
     by_name = {case.name: case for case in cases}
@@ -165,10 +180,10 @@ def sample_rng(seed: int, *index: int) -> np.random.Generator:
     return np.random.default_rng([seed] + [int(i) for i in index])
 
 
-def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator,
-                 foreground_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
-    """A tile-sized patch (zero-padded if the case is smaller): centred on a random voxel of a
-    randomly chosen present region with probability ``foreground_fraction``, else anywhere."""
+def patch_start(case: CachedCase, tile: Sequence[int], rng: np.random.Generator,
+                foreground_fraction: float) -> np.ndarray:
+    """The first voxel of a tile-sized patch: centred on a random voxel of a randomly chosen present
+    region with probability ``foreground_fraction``, else anywhere, and inside the case where it fits."""
     shape = np.array(case.labels.shape)
     tile = np.array(tile)
     centre = None
@@ -179,18 +194,34 @@ def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator
             centre = np.array(np.unravel_index(int(voxels[int(rng.integers(voxels.size))]), tuple(shape)))
     if centre is None:
         centre = np.array([int(rng.integers(n)) for n in shape])
-    start = np.clip(centre - tile // 2, np.minimum(0, shape - tile), np.maximum(shape - tile, 0))
-    images = np.zeros((case.images.shape[0],) + tuple(tile), np.float32)
-    labels = np.zeros(tuple(tile), np.uint8)
-    source = tuple(slice(max(s, 0), min(s + t, n)) for s, t, n in zip(start, tile, shape))
-    target = tuple(slice(a.start - s, a.stop - s) for a, s in zip(source, start))
-    images[(slice(None),) + target] = case.images[(slice(None),) + source]
-    labels[target] = case.labels[source]
+    return np.clip(centre - tile // 2, np.minimum(0, shape - tile), np.maximum(shape - tile, 0))
+
+
+def crop(case: CachedCase, start: Sequence[int], size: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Images (float32) and labels (uint8) of the box ``start .. start + size``, zero outside the case."""
+    shape = case.labels.shape
+    images = np.zeros((case.images.shape[0],) + tuple(int(n) for n in size), np.float32)
+    labels = np.zeros(tuple(int(n) for n in size), np.uint8)
+    source = tuple(slice(min(max(s, 0), n), max(min(s + t, n), 0)) for s, t, n in zip(start, size, shape))
+    if all(a.stop > a.start for a in source):
+        target = tuple(slice(a.start - s, a.stop - s) for a, s in zip(source, start))
+        images[(slice(None),) + target] = case.images[(slice(None),) + source]
+        labels[target] = case.labels[source]
     return images, labels
 
 
+def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator,
+                 foreground_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A tile-sized patch (zero-padded if the case is smaller) at :func:`patch_start`."""
+    return crop(case, patch_start(case, tile, rng, foreground_fraction), tile)
+
+
 class PatchDataset(Dataset):
-    """Map-style dataset: item ``i`` is the ``i``-th training sample of the run (seeded by ``i``)."""
+    """Map-style dataset: item ``i`` is the ``i``-th training sample of the run (seeded by ``i``).
+
+    ``augmentation(case, start, seed)`` returns the augmented patch at ``start`` (see
+    :mod:`training.augmentation`); without one the patch is cropped as it is.
+    """
 
     def __init__(self, cases: List[CachedCase], config: TrainConfig, augmentation=None, seed_offset: int = 0):
         self.cases = cases
@@ -204,9 +235,11 @@ class PatchDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         rng = sample_rng(self.config.seed, self.seed_offset, index)
         case = self.cases[int(rng.integers(len(self.cases)))]
-        images, labels = random_patch(case, self.config.tile_size, rng, self.config.foreground_fraction)
+        start = patch_start(case, self.config.tile_size, rng, self.config.foreground_fraction)
         if self.augmentation is not None:
-            images, labels = self.augmentation(images, labels, int(rng.integers(2 ** 31)))
+            images, labels = self.augmentation(case, start, int(rng.integers(2 ** 31)))
+        else:
+            images, labels = crop(case, start, self.config.tile_size)
         regions = regions_from_labels(labels).astype(np.float32)
         return {"images": torch.from_numpy(np.ascontiguousarray(images)),
                 "regions": torch.from_numpy(regions)}
@@ -231,8 +264,16 @@ class IndexSampler(torch.utils.data.Sampler):
 def training_loader(cases: List[CachedCase], config: TrainConfig, augmentation, start_iteration: int, rank: int = 0,
                     world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Batches for iterations ``start_iteration..config.iterations`` of one rank, loaded by
-    ``config.num_workers`` processes, at most one per CPU (``pin_memory`` for fast copies to a GPU)."""
+    ``config.num_workers`` processes, at most one per CPU (``pin_memory`` for fast copies to a GPU).
+
+    ``config.batch_size`` is the global batch: each of ``world_size`` ranks loads its share, and
+    together they draw the samples one process with the whole batch would draw.
+    """
+    from .distributed import rank_batch_size
+
     workers = min(config.num_workers, os.cpu_count() or 1)
-    return DataLoader(PatchDataset(cases, config, augmentation), batch_size=config.batch_size,
-                      sampler=IndexSampler(start_iteration, config.iterations, config.batch_size, rank, world_size),
+    batch = rank_batch_size(config.batch_size, world_size)
+    dataset = PatchDataset(cases, config, augmentation)
+    return DataLoader(dataset, batch_size=batch,
+                      sampler=IndexSampler(start_iteration, config.iterations, batch, rank, world_size),
                       num_workers=workers, persistent_workers=False, pin_memory=pin_memory)

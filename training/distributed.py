@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lckd.errors import LCKDError
+
 #: How long a rank may wait for the others. Rank 0 alone runs the teacher election, the meta step,
 #: periodic validation and the final 15-subset evaluation while the other ranks wait at a collective;
 #: on a full BraTS validation set that can pass the 10-minute default and kill the run.
@@ -46,6 +48,14 @@ def setup(requested_device: str) -> Context:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global ``batch_size``; refuses a batch the ranks cannot split evenly."""
+    if batch_size % world_size:
+        raise LCKDError(f"batch_size={batch_size}: the global batch must divide among the {world_size} "
+                        f"processes (give a multiple of {world_size})")
+    return batch_size // world_size
 
 
 def broadcast(value: Any, context: Context) -> Any:

@@ -1,7 +1,8 @@
 """The training loop shared by LCKD, MetaKD and the no-KD baseline (method.md sections 3-6).
 
 Stage 1 trains with all four sequences; stage 2 draws a random subset per batch (LCKD and the
-baseline: 1-3 sequences, MetaKD: 1-4). SGD with Nesterov momentum and a poly learning rate.
+baseline: 1-3 sequences, MetaKD: 1-4). SGD with Nesterov momentum and a poly learning rate (one
+curve, or the released two). ``batch_size`` is the global batch, split across torchrun's ranks.
 Everything random is seeded by (seed, iteration), so a resumed run continues exactly where a
 killed one stopped.
 """
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import default_collate
@@ -26,20 +28,21 @@ from lckd.io import atomic_path
 from lckd.model_file import ModelCard, save_model
 from lckd.network import LCKDNet, network_config
 from lckd.preprocess import Normalisation
-from lckd.sequences import SEQUENCES
+from lckd.sequences import SEQUENCES, all_subsets
 
 from . import distributed
-from .augmentation import Augmentation
+from .augmentation import make_augmentation
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import METHODS, TrainConfig
 from .data import PatchDataset, load_cached, prepare_data, sample_rng, training_loader
+from .distributed import rank_batch_size
 from .election import elect_teachers
 from .evaluation import evaluate
 from .losses import lckd_kd, metakd_kd, segmentation_loss
 from .meta import ImportanceWeights
 from .report import heat_map, markdown_table
 
-_SUBSET_STREAM, _META_STREAM = 101, 202
+_SUBSET_STREAM, _META_STREAM, _VALIDATION_STREAM = 101, 202, 303
 
 
 class TrainingStep(nn.Module):
@@ -76,17 +79,44 @@ def optimisation_step(model: nn.Module, optimiser: torch.optim.Optimizer, images
 
 
 def poly_learning_rate(config: TrainConfig, iteration: int) -> float:
+    """The learning rate of ``iteration``: poly decay over the whole run (``lr_schedule`` single),
+    or, as released, poly decay to 0 over stage 1, then stage 2 on the whole-run curve."""
+    if config.lr_schedule == "released" and iteration < config.stage1_iterations:
+        return config.learning_rate * (1.0 - iteration / config.stage1_iterations) ** config.poly_power
     return config.learning_rate * (1.0 - iteration / config.iterations) ** config.poly_power
+
+
+def _random_subset(rng, method: str) -> List[bool]:
+    k = int(rng.integers(1, 5 if method == "metakd" else 4))
+    chosen = set(rng.choice(len(SEQUENCES), size=k, replace=False).tolist())
+    return [i in chosen for i in range(len(SEQUENCES))]
 
 
 def batch_subset(config: TrainConfig, method: str, iteration: int) -> List[bool]:
     """All four in stage 1; in stage 2 a random subset (1-3, or 1-4 for MetaKD)."""
     if iteration < config.stage1_iterations:
         return [True] * len(SEQUENCES)
-    rng = sample_rng(config.seed, _SUBSET_STREAM, iteration)
-    k = int(rng.integers(1, 5 if method == "metakd" else 4))
-    chosen = set(rng.choice(len(SEQUENCES), size=k, replace=False).tolist())
-    return [i in chosen for i in range(len(SEQUENCES))]
+    return _random_subset(sample_rng(config.seed, _SUBSET_STREAM, iteration), method)
+
+
+def meta_subsets(config: TrainConfig, method: str, iteration: int) -> Optional[List[List[bool]]]:
+    """The presence mask of each meta step at ``iteration``: None (all four) in stage 1 or with
+    ``meta_subsets`` all; else, as released, a random subset per step drawn like the batches'."""
+    if config.meta_subsets == "all" or iteration < config.stage1_iterations:
+        return None
+    return [_random_subset(sample_rng(config.seed, _META_STREAM, iteration, step), method)
+            for step in range(config.meta_steps)]
+
+
+def validation_subsets(config: TrainConfig) -> List[Tuple[str, ...]]:
+    """The subsets periodic validation scores: all 15, or ``validation_subsets`` of them chosen once
+    by the seed (the same at every validation of the run)."""
+    subsets = all_subsets()
+    if not config.validation_subsets or config.validation_subsets >= len(subsets):
+        return list(subsets)
+    chosen = np.random.default_rng([config.seed, _VALIDATION_STREAM]).choice(
+        len(subsets), size=config.validation_subsets, replace=False)
+    return [subsets[i] for i in sorted(chosen.tolist())]
 
 
 def _git_commit() -> str:
@@ -111,24 +141,29 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None and method == "baseline":
             config = replace(config, kd_weight=0.0)
+        if config is not None and method == "lckd" and config.lckd_foreground_fraction >= 0:
+            config = replace(config, foreground_fraction=config.lckd_foreground_fraction)
         self.config = self._settle_config(config, resume)
+        rank_batch_size(self.config.batch_size, self.context.world_size)  # refuses a batch the ranks cannot split
         self.normalisation = Normalisation()
         if self.context.is_main:
-            prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation)
+            prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation, method)
         distributed.barrier(self.context)
-        self.split, cache = prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation)
+        self.split, cache = prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation,
+                                         method)
         self.cases = {part: [load_cached(cache / f"{name}.npz") for name in names]
                       for part, names in self.split.items()}
         torch.manual_seed(self.config.seed)
         self.net = LCKDNet(network_config(self.config.network)).to(self.context.device)
         self.optimiser = torch.optim.SGD(self.net.parameters(), lr=self.config.learning_rate,
                                          momentum=self.config.momentum, nesterov=True, weight_decay=0.0)
-        self.importance = ImportanceWeights(self.config.meta_learning_rate, self.config.meta_weight_decay).to(
+        self.importance = ImportanceWeights(self.config.meta_learning_rate, self.config.meta_weight_decay,
+                                            self.config.importance_init, self.config.seed).to(
             self.context.device) if method == "metakd" else None
         self.teachers: Optional[Dict[str, object]] = None
         self.iteration = 0
         self.last_meta_iteration = -1
-        self.augmentation = Augmentation(self.config) if self.config.augment else None
+        self.augmentation = make_augmentation(self.config)
         if resume:
             self._restore()
 
@@ -207,11 +242,11 @@ class Trainer:
         loss = 0.0
         if self.context.is_main:
             dataset = PatchDataset(self.cases["meta"], self.config, self.augmentation, seed_offset=_META_STREAM)
-            base = self.iteration * self.config.meta_steps * self.config.batch_size
-            batches = (default_collate([dataset[base + step * self.config.batch_size + b]
-                                        for b in range(self.config.batch_size)])
+            size = self.config.meta_batch_size or self.config.batch_size
+            base = self.iteration * self.config.meta_steps * size
+            batches = (default_collate([dataset[base + step * size + b] for b in range(size)])
                        for step in range(self.config.meta_steps))
-            loss = self.importance.meta_step(self.net, batches)
+            loss = self.importance.meta_step(self.net, batches, meta_subsets(self.config, self.method, self.iteration))
         logits = distributed.broadcast(self.importance.logits.detach().cpu(), self.context)
         self.importance.logits.data.copy_(logits)
         self.last_meta_iteration = self.iteration
@@ -277,20 +312,30 @@ class Trainer:
                 writer.add_scalar("learning_rate", learning_rate, self.iteration)
             if self.iteration % config.checkpoint_every == 0 or self.iteration == config.iterations:
                 self._checkpoint()
-            if context.is_main and self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
-                cases = self.cases["validation"][: config.validation_cases or None]
-                result = evaluate(self.net, cases, config.tile_size, config.spacing_mm, context.device)
-                self._log("validation Dice (15-subset average) "
-                          + ", ".join(f"{region} {value:.3f}" for region, value in result["average"].items()))
-                if writer:
-                    for region, value in result["average"].items():
-                        writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
+            if context.is_main and self.iteration % config.validate_every == 0 and self.iteration < config.iterations \
+                    and self.cases["validation"]:
+                self._validate(writer)
         bar.close()
         distributed.barrier(context)
         path = self._finish(writer) if context.is_main else self.run_dir / "model.safetensors"
         distributed.barrier(context)
         distributed.teardown(context)
         return path
+
+    def _validate(self, writer) -> None:
+        """Periodic validation: ``validation_cases`` cases (0: all) x ``validation_subsets`` subsets
+        (0: all 15); TensorBoard tag ``validation/`` for the full table, ``validation_sample/`` else."""
+        config = self.config
+        cases = self.cases["validation"][: config.validation_cases or None]
+        subsets = validation_subsets(config)
+        result = evaluate(self.net, cases, config.tile_size, config.spacing_mm, self.context.device, subsets=subsets)
+        full = len(subsets) == len(all_subsets()) and len(cases) == len(self.cases["validation"])
+        self._log(f"validation Dice ({len(subsets)}-subset average, {len(cases)} cases) "
+                  + ", ".join(f"{region} {value:.3f}" for region, value in result["average"].items()))
+        if writer:
+            for region, value in result["average"].items():
+                writer.add_scalar(f"{'validation' if full else 'validation_sample'}/dice_{region}", value,
+                                  self.iteration)
 
     def _writer(self):
         if not self.context.is_main:
@@ -303,21 +348,29 @@ class Trainer:
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=self.iteration)
 
     def _finish(self, writer) -> Path:
-        """Evaluate the 15 subsets on the validation set and export the model with its card."""
-        result = evaluate(self.net, self.cases["validation"], self.config.tile_size, self.config.spacing_mm,
-                          self.context.device)
-        write_evaluation(result, self.run_dir, title=f"{self.method}, {len(self.cases['validation'])} validation cases")
+        """Evaluate the 15 subsets on the validation set (if there is one) and export the model
+        with its card."""
+        result = None
+        description = f"{self.method} model trained with lckd train on {self.data_dir.name}"
+        if self.cases["validation"]:
+            result = evaluate(self.net, self.cases["validation"], self.config.tile_size, self.config.spacing_mm,
+                              self.context.device)
+            write_evaluation(result, self.run_dir,
+                             title=f"{self.method}, {len(self.cases['validation'])} validation cases")
+            if writer:
+                for region, value in result["average"].items():
+                    writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
+        else:
+            description += "; no validation (every labelled case trained or selected; validation_fraction 0)"
+            self._log("no validation cases: no evaluation table (validation_fraction 0)")
         if writer:
-            for region, value in result["average"].items():
-                writer.add_scalar(f"validation/dice_{region}", value, self.iteration)
             writer.close()
         card = ModelCard(
             preset=self.config.network, network=self.net.config.to_dict(), tile_size=list(self.config.tile_size),
             spacing_mm=[self.config.spacing_mm] * 3, normalisation=self.normalisation.to_dict(), method=self.method,
             teachers=self.teachers if self.method == "lckd" else None,
             importance=self.importance.as_dict() if self.importance is not None else None,
-            validation=result, name=f"lckd-{self.method}-{self.run_dir.name}",
-            description=f"{self.method} model trained with lckd train on {self.data_dir.name}",
+            validation=result, name=f"lckd-{self.method}-{self.run_dir.name}", description=description,
             training=self._provenance())
         return save_model(self.run_dir / "model.safetensors", self.net, card)
 
