@@ -66,16 +66,39 @@ def test_registration_undoes_a_known_head_motion():
     assert registered.data is moving.data  # placed, not resampled
 
 
-def test_missing_deepbet_says_how_to_install_it(monkeypatch, tmp_path, write_case, tiny_model, capsys):
+GRID = np.array([[2.0, 0, 0, -50], [0, 2.0, 0, -56], [0, 0, 2.0, -44], [0, 0, 0, 1]])
+SHAPE = (50, 56, 44)
+
+
+def test_missing_deepbet_says_how_to_install_it(monkeypatch, tmp_path, tiny_model, capsys):
     monkeypatch.setitem(sys.modules, "deepbet.bet", None)  # import deepbet.bet raises ImportError
     with pytest.raises(BrainExtractionUnavailableError, match=r"pip install 'lckd-segmentation\[preprocess\]'"):
         brain_mask(np.zeros((8, 8, 8), dtype=np.float32))
-    files = write_case(("t1",))
+    noisy = synthetic_head(SHAPE, GRID) + np.abs(np.random.default_rng(0).normal(0, 20, SHAPE))  # not stripped
+    raw = tmp_path / "raw_t1.nii.gz"
+    nib.save(nib.Nifti1Image(noisy.astype(np.float32), GRID), str(raw))
     out = tmp_path / "seg.nii.gz"
-    assert main(["segment", "--t1", str(files["t1"]), "-o", str(out), "--model", str(tiny_model), "--preprocess"]) == 2
+    assert main(["segment", "--t1", str(raw), "-o", str(out), "--model", str(tiny_model), "--preprocess"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "deepbet" in error and "pip install" in error
     assert not out.exists()
+
+
+def test_brats_ready_input_is_only_resampled(monkeypatch):
+    """Skull-stripped, co-registered input: no registration, no brain extraction, its own brain kept."""
+    monkeypatch.setitem(sys.modules, "deepbet.bet", None)
+    monkeypatch.setattr("lckd.registration.rigid_transform", lambda *a, **k: pytest.fail("registered again"))
+    lps = np.array([[-2.0, 0, 0, 48], [0, -2.0, 0, 54], [0, 0, 2.0, -44], [0, 0, 0, 1]])
+    volumes = {name: Volume(data=synthetic_head(SHAPE, lps, seed), affine=lps)
+               for seed, name in enumerate(("t1", "t1ce", "flair"))}
+    case = raw_preprocessing.preprocess_case(volumes)
+    assert case.reference == "t1ce" and case.reference_grid.shape == SHAPE
+    assert np.allclose(case.grid.affine[:3, :3], np.eye(3)) and case.brain.any()
+    for name, volume in volumes.items():
+        assert np.array_equal(case.registered_affines[name], lps)
+        back = resample(case.volumes[name].data, case.grid.affine, case.reference_grid, order=1)
+        inside = volume.data != 0
+        assert np.allclose(back[inside], volume.data[inside], rtol=0.05, atol=5.0)
 
 
 # -- the clinical patient -----------------------------------------------------------------------------
@@ -115,6 +138,17 @@ def test_raw_scans_are_refused_without_preprocess(tmp_path, capsys):
     assert len(error.splitlines()) == 1
     assert error.startswith(f"lckd: error: {PATIENT / 'native'}/") and "not skull-stripped" in error
     assert "--preprocess" in error and not out.exists()
+
+
+@needs_patient
+def test_brats_space_passes_and_preprocess_leaves_its_result(tmp_path):
+    pytest.importorskip("deepbet", reason="deepbet (the [preprocess] extra) is not installed")
+    plain, preprocessed = tmp_path / "plain.nii.gz", tmp_path / "preprocessed.nii.gz"
+    arguments = _arguments(PATIENT / "brats-space")
+    assert main(["segment", *arguments, "-o", str(plain), "--threads", "2"]) == 0  # the check passes
+    assert main(["segment", *arguments, "-o", str(preprocessed), "--threads", "2", "--preprocess"]) == 0
+    a, b = (np.asarray(nib.load(str(path)).dataobj) for path in (plain, preprocessed))
+    assert (a > 0).any() and _dice(a > 0, b > 0) >= 0.95
 
 
 @needs_patient

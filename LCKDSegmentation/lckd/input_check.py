@@ -17,7 +17,7 @@ in well under a second: each image is looked at on a grid of about 2 mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, NamedTuple, Optional, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 from scipy import ndimage
@@ -109,41 +109,54 @@ def _name(volume: Volume, sequence: str) -> str:
     return str(volume.path) if volume.path is not None else SEQUENCE_TITLES.get(sequence, sequence)
 
 
-def check_inputs(volumes: Mapping[str, Union[Volume, PathLike]],
-                 reference: Optional[str] = None) -> List[InputProblem]:
-    """The problems that keep the model from reading ``{sequence: volume or path}``; empty if none.
+#: The kinds of problem :func:`find_problems` sorts its findings into, in the order they are reported.
+KINDS = ("skull", "slices", "registration")
 
-    At most one skull or slice problem per file (the first found), then one co-registration problem
-    per sequence that does not lie where ``reference`` (default: t1ce, else t1, flair, t2) lies.
-    """
+
+def find_problems(volumes: Mapping[str, Union[Volume, PathLike]],
+                  reference: Optional[str] = None) -> Dict[str, List[InputProblem]]:
+    """:func:`check_inputs`' problems by kind: ``skull`` (not skull-stripped), ``slices`` (very thick
+    slices, looked for only in skull-stripped images), ``registration`` (not co-registered)."""
     from .preparation import choose_reference
 
     loaded = {name: value if isinstance(value, Volume) else load_volume(value) for name, value in volumes.items()}
+    found: Dict[str, List[InputProblem]] = {kind: [] for kind in KINDS}
     if not loaded:
-        return []
-    problems: List[InputProblem] = []
+        return found
     tissues = {}
     for name, volume in loaded.items():
         spacing = volume.spacing
         tissue = tissues[name] = _tissue(volume)
         if tissue.background_share < MIN_BACKGROUND_SHARE:
-            problems.append(InputProblem(_name(volume, name), f"not skull-stripped (only {tissue.background_share:.0%}"
-                                         " of the image is zero background; a skull-stripped image is mostly zero)",
-                                         PREPROCESS_FIX))
+            found["skull"].append(InputProblem(
+                _name(volume, name), f"not skull-stripped (only {tissue.background_share:.0%} of the image is "
+                "zero background; a skull-stripped image is mostly zero)", PREPROCESS_FIX))
         elif tissue.tissue_ml > MAX_BRAIN_ML:
-            problems.append(InputProblem(_name(volume, name), f"not skull-stripped ({tissue.tissue_ml / 1000:.1f} L "
-                                         "of tissue: a head, not a brain of 1-2 L)", PREPROCESS_FIX))
+            found["skull"].append(InputProblem(
+                _name(volume, name), f"not skull-stripped ({tissue.tissue_ml / 1000:.1f} L of tissue: a head, "
+                "not a brain of 1-2 L)", PREPROCESS_FIX))
         elif spacing.max() > MAX_SLICE_MM:
-            problems.append(InputProblem(_name(volume, name), f"very thick slices ({spacing.max():.1f} mm; the model "
-                                         f"reads about 1 mm, above {MAX_SLICE_MM:g} mm it misses small structures)",
-                                         PREPROCESS_FIX))
+            found["slices"].append(InputProblem(
+                _name(volume, name), f"very thick slices ({spacing.max():.1f} mm; the model reads about 1 mm, "
+                f"above {MAX_SLICE_MM:g} mm it misses small structures)", PREPROCESS_FIX))
     reference = choose_reference(list(loaded), reference)
     for name, volume in loaded.items():
         if name == reference:
             continue
         overlap = _overlap(tissues[reference], tissues[name])
         if overlap < MIN_OVERLAP:
-            problems.append(InputProblem(_name(volume, name), f"not co-registered with {SEQUENCE_TITLES[reference]}"
-                                         f" (only {overlap:.0%} of the tissue overlaps in physical space)",
-                                         PREPROCESS_FIX))
-    return problems
+            found["registration"].append(InputProblem(
+                _name(volume, name), f"not co-registered with {SEQUENCE_TITLES[reference]} (only {overlap:.0%} "
+                "of the tissue overlaps in physical space)", PREPROCESS_FIX))
+    return found
+
+
+def check_inputs(volumes: Mapping[str, Union[Volume, PathLike]],
+                 reference: Optional[str] = None) -> List[InputProblem]:
+    """The problems that keep the model from reading ``{sequence: volume or path}``; empty if none.
+
+    At most one skull or slice problem per file (skull problems first), then one co-registration
+    problem per sequence that does not lie where ``reference`` (default: t1ce, else t1, flair, t2) lies.
+    """
+    found = find_problems(volumes, reference)
+    return [problem for kind in KINDS for problem in found[kind]]

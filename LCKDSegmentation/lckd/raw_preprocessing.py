@@ -6,6 +6,10 @@
 3. Brain extraction on one sequence (T1 if given, else T1ce, FLAIR, T2: deepbet was trained on
    T1-weighted images), the one mask applied to all (:mod:`lckd.brain_extraction`).
 
+Steps the input does not need are skipped, as :func:`lckd.input_check.find_problems` judges it:
+skull-stripped input keeps its own brain (its non-zero voxels; a second extraction could only
+shave it), and skull-stripped, co-registered input is not registered again (the check's overlap
+measure is meaningful on brains, not on heads). BraTS-ready input therefore only changes grid.
 The segmenter then runs as usual on these volumes and maps its probabilities onto the reference
 input's own grid. What this cannot fix: thick slices stay as uninformative as they were
 (interpolation adds no detail), and a brain extraction that cuts into the tumour cuts the result.
@@ -18,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
 import numpy as np
+from scipy import ndimage
 
 from .geometry import Grid, resample, working_grid
+from .input_check import find_problems
 from .io import Volume
 from .preparation import choose_reference
 
@@ -52,7 +58,13 @@ def preprocess_case(volumes: Mapping[str, Volume], reference: Optional[str] = No
     reference = choose_reference(list(volumes), reference)
     fixed = volumes[reference]
     clock = time.perf_counter()
-    registered = {name: volume if name == reference else register_rigid(fixed, volume)
+    found = find_problems(volumes, reference)
+    stripped_already = not found["skull"]
+    seconds["check"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    register = not (stripped_already and not found["registration"])
+    registered = {name: register_rigid(fixed, volume) if register and name != reference else volume
                   for name, volume in volumes.items()}
     seconds["register"] = time.perf_counter() - clock
 
@@ -64,7 +76,10 @@ def preprocess_case(volumes: Mapping[str, Volume], reference: Optional[str] = No
 
     clock = time.perf_counter()
     source = next(name for name in EXTRACTION_PREFERENCE if name in on_grid)
-    brain = brain_mask(on_grid[source], use_gpu=use_gpu)
+    if stripped_already:  # its own brain: the non-zero voxels, with zero voxels inside it kept
+        brain = ndimage.binary_fill_holes(on_grid[source] != 0)
+    else:
+        brain = brain_mask(on_grid[source], use_gpu=use_gpu)
     seconds["brain_extraction"] = time.perf_counter() - clock
     stripped = {name: Volume(data=np.where(brain, data, 0).astype(np.float32), affine=grid.affine,
                              path=volumes[name].path) for name, data in on_grid.items()}

@@ -14,6 +14,8 @@ from .io import Volume
 
 #: nibabel's RAS+ world <-> ITK's LPS+ world (its own inverse).
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Registration looks at the images binned to about this spacing (mm): whole voxel blocks averaged.
+REGISTRATION_SPACING_MM = 2.0
 
 
 def to_sitk(volume: Volume):
@@ -27,6 +29,14 @@ def to_sitk(volume: Volume):
     image.SetDirection([float(d) for d in (lps[:3, :3] / spacing).ravel()])
     image.SetOrigin([float(o) for o in lps[:3, 3]])
     return image
+
+
+def _binned(image):
+    """``image`` with blocks of voxels averaged to about :data:`REGISTRATION_SPACING_MM` per axis."""
+    import SimpleITK as sitk  # noqa: N813 (the name SimpleITK's own documentation uses)
+
+    factors = [max(1, int(round(REGISTRATION_SPACING_MM / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 
 def _transform_matrix_ras(transform) -> np.ndarray:
@@ -43,14 +53,15 @@ def _transform_matrix_ras(transform) -> np.ndarray:
 def rigid_transform(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
     """The rigid 4x4 RAS matrix mapping ``fixed``'s world onto ``moving``'s (mutual information).
 
-    Three resolution levels (1/4, 1/2, full; smoothing 2, 1, 0 mm), 10 % of the voxels sampled
+    On the images binned to about 2 mm (a 1 mm BraTS volume: 9 M voxels -> 1.1 M), three
+    resolution levels (1/4, 1/2, full; smoothing 2, 1, 0 mm), 10 % of the voxels sampled
     at random with a fixed ``seed``, regular-step gradient descent with scales estimated from
     physical shifts. Started from the scanner's own alignment (identity about the fixed image's
     centre): sequences of one session share the scanner's coordinates and are off by head motion.
     """
     import SimpleITK as sitk  # noqa: N813 (the name SimpleITK's own documentation uses)
 
-    fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
+    fixed_image, moving_image = _binned(to_sitk(fixed)), _binned(to_sitk(moving))
     centre = fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed_image.GetSize()])
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre)
