@@ -26,7 +26,8 @@ REAL_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats201
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 
 
-def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict, title: str) -> None:
+def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict, title: str,
+            truth_title: str = "ground truth") -> None:
     """Axial slice through the tumour: the image, then truth and each prediction as contours."""
     import matplotlib
 
@@ -34,7 +35,7 @@ def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict,
     import matplotlib.pyplot as plt
 
     z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
-    panels = [("ground truth", truth)] + list(predictions.items())
+    panels = [(truth_title, truth)] + list(predictions.items())
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
     colours = {1: "tab:red", 2: "tab:green", 4: "gold"}
     for axis, (title, labels) in zip(axes, panels):

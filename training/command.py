@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lckd.errors import LCKDError
+from lckd.postprocessing import RULES as POSTPROCESSING_RULES
 
 from .config import METHODS, PRESETS, build_config, parse_overrides
 
@@ -41,9 +42,9 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--model", type=Path, required=True, metavar="FILE")
     evaluate.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--postprocess", action="store_true",
-                          help="relabel enhancing tumour as necrosis when it has fewer than 500 voxels (as "
-                               "lckd segment --postprocess)")
+    evaluate.add_argument("--postprocess", default="none", choices=POSTPROCESSING_RULES, metavar="RULE",
+                          help="post-processing before scoring, as lckd segment --postprocess RULE: "
+                               f"{', '.join(POSTPROCESSING_RULES)} (default none)")
     evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
@@ -126,7 +127,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr) as bar:
         result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1),
                           postprocess=args.postprocess)
-    title = f"{card.name} on {len(prepared)} cases of {args.data.name}{', post-processed' if args.postprocess else ''}"
+    title = f"{card.name} on {len(prepared)} cases of {args.data.name}"
+    if args.postprocess != "none":
+        title += f", post-processed ({args.postprocess})"
     write_evaluation(result, args.out, title=title)
     average = result["average"]
     sys.stdout.write(f"15-subset average Dice: ET {average['ET']:.3f}, TC {average['TC']:.3f}, "

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import InputError, LCKDError
+from .postprocessing import RULES as POSTPROCESSING_RULES
 from .progress import JsonReporter, Reporter, make_reporter
 from .sequences import REGIONS, SEQUENCE_TITLES, SEQUENCES
 
@@ -94,8 +95,19 @@ def _add_segment_command(subparsers) -> None:
                         help="the input whose grid the output uses (default: t1ce, else t1, flair, t2)")
     parser.add_argument("--labels", choices=("brats2018", "brats2023"), default="brats2018",
                         help="output convention: enhancing tumour = 4 (brats2018) or 3 (brats2023)")
-    parser.add_argument("--postprocess", action="store_true",
-                        help="relabel enhancing tumour as necrosis when it has fewer than 500 voxels")
+    parser.add_argument("--postprocess", nargs="?", const="specks+et500", default="model",
+                        choices=("model",) + POSTPROCESSING_RULES, metavar="RULE",
+                        help="model (default: the rule the model card names), none, specks (drop tumour "
+                             "components under 0.5 mL), et500 (BraTS: under 0.5 mL of enhancing tumour becomes "
+                             "necrosis), specks+et500 (both; also what --postprocess alone means)")
+    raw = parser.add_mutually_exclusive_group()
+    raw.add_argument("--preprocess", action="store_true",
+                     help="raw scans (not skull-stripped, not co-registered, thick slices): co-register every "
+                          "sequence to the reference, extract the brain (deepbet), resample to 1 mm, then segment; "
+                          "the label map is on the reference input's own grid")
+    raw.add_argument("--assume-preprocessed", action="store_true",
+                     help="segment as given, without checking that the inputs are skull-stripped, co-registered "
+                          "and at most 3 mm thick")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                         help="progress display; json prints one JSON object per line (default: bar on a terminal)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
@@ -168,7 +180,8 @@ def _segment(args: argparse.Namespace, reporter: Reporter, progress: str) -> int
         import torch
 
         torch.set_num_threads(args.threads)
-    options = dict(reference=args.reference, labels=args.labels, postprocess=args.postprocess)
+    options = dict(reference=args.reference, labels=args.labels, postprocess=args.postprocess,
+                   preprocess=args.preprocess, assume_preprocessed=args.assume_preprocessed)
     if args.batch is not None:
         return _run_batch(args, reporter, options)
     files = _single_case_files(args)

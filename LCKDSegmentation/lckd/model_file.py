@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ModelFileError
 from .io import PathLike, atomic_path
+from .postprocessing import RULES as POSTPROCESSING_RULES
 from .sequences import REGIONS, SEQUENCES
 
 FORMAT = "lckd-model"
@@ -39,6 +40,7 @@ class ModelCard:
     teachers: Optional[Dict[str, Any]] = None
     importance: Optional[Dict[str, float]] = None
     validation: Optional[Dict[str, Any]] = None
+    postprocessing: str = ""  # the rule `lckd segment` applies by default (lckd.postprocessing.RULES); "" none
     training: Dict[str, Any] = field(default_factory=dict)
     name: str = "unnamed"
     description: str = ""
@@ -71,6 +73,9 @@ class ModelCard:
         if card.sequences != list(SEQUENCES) or card.regions != list(REGIONS):
             raise ModelFileError(f"{source}: unsupported sequence or region order {card.sequences} / {card.regions}")
         _check_fields(card, source)
+        if card.postprocessing and card.postprocessing not in POSTPROCESSING_RULES:
+            raise ModelFileError(f"{source}: postprocessing {card.postprocessing!r} is not one of "
+                                 f"{', '.join(POSTPROCESSING_RULES)}")
         return card
 
     def expected_dice(self, subset_key: str) -> Optional[Dict[str, float]]:
@@ -100,7 +105,7 @@ def _check_fields(card: ModelCard, source: str) -> None:
     if not isinstance(card.spacing_mm, list) or len(card.spacing_mm) != 3 or \
             not all(_is_number(v) and v > 0 for v in card.spacing_mm):
         refuse("spacing_mm", card.spacing_mm, "three positive numbers of millimetres")
-    for name in ("preset", "method", "name", "description", "axis_order"):
+    for name in ("preset", "method", "name", "description", "postprocessing", "axis_order"):
         if not isinstance(getattr(card, name), str):
             refuse(name, getattr(card, name), "a text")
     if card.axis_order != "zyx-ras":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -21,9 +21,11 @@ from .inference import (
     resolve_device,
     sliding_window_probabilities,
 )
+from .input_check import check_inputs
 from .io import PathLike, Volume, load_volume, save_nifti
-from .labels import et_label_of, labels_from_regions, region_volumes_ml, relabel_small_enhancing
+from .labels import et_label_of, labels_from_regions, region_volumes_ml
 from .model_file import ModelCard, load_model
+from .postprocessing import postprocess as apply_postprocessing
 from .preparation import prepare_case, probabilities_to_reference
 from .preprocess import Normalisation
 from .progress import Reporter
@@ -78,9 +80,15 @@ class Segmenter:
         self.normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
 
     def segment_files(self, files: Mapping[str, PathLike], reference: Optional[str] = None,
-                      labels: str = "brats2018", postprocess: bool = False,
-                      reporter: Optional[Reporter] = None) -> SegmentationResult:
-        """Segment a case given as ``{sequence: path}`` (any non-empty subset)."""
+                      labels: str = "brats2018", postprocess: str = "model",
+                      reporter: Optional[Reporter] = None, preprocess: bool = False,
+                      assume_preprocessed: bool = False) -> SegmentationResult:
+        """Segment a case given as ``{sequence: path}`` (any non-empty subset).
+
+        Input the model cannot read (:func:`lckd.input_check.check_inputs`) is refused unless
+        ``preprocess`` (co-register, brain-extract, resample: :mod:`lckd.raw_preprocessing`) or
+        ``assume_preprocessed`` is given.
+        """
         reporter = reporter or Reporter()
         if not files:
             raise InputError("no input sequence given: give at least one of --flair, --t1, --t1ce, --t2")
@@ -88,20 +96,41 @@ class Segmenter:
         started = time.perf_counter()
         reporter.stage("load", "reading " + ", ".join(SEQUENCE_TITLES[s] for s in ordered(list(files))))
         volumes = {name: load_volume(path) for name, path in files.items()}
-        result = self.segment_volumes(volumes, reference, labels, postprocess, reporter)
+        preprocessing: Dict[str, float] = {}
+        output_grid: Optional[Grid] = None
+        if preprocess:
+            from .raw_preprocessing import preprocess_case
+
+            reporter.stage("preprocess", "co-registering, extracting the brain, resampling to 1 mm")
+            case = preprocess_case(volumes, reference, use_gpu=self.device.type == "cuda")
+            volumes, output_grid, preprocessing = case.volumes, case.reference_grid, case.seconds
+            reference = case.reference
+        elif not assume_preprocessed:
+            problems = check_inputs(volumes, reference)
+            if problems:
+                others = sorted({p.file for p in problems[1:]} - {problems[0].file})
+                more = f" (also: {', '.join(others)})" if others else ""
+                raise InputError(problems[0].line() + more)
+        result = self.segment_volumes(volumes, reference, labels, postprocess, reporter, output_grid=output_grid)
+        result.seconds = dict(preprocessing, **result.seconds)
         result.seconds = dict(load=time.perf_counter() - started - sum(result.seconds.values()), **result.seconds)
         return result
 
     def segment_volumes(self, volumes: Mapping[str, Volume], reference: Optional[str] = None,
-                        labels: str = "brats2018", postprocess: bool = False,
-                        reporter: Optional[Reporter] = None) -> SegmentationResult:
-        """Segment already-loaded volumes."""
+                        labels: str = "brats2018", postprocess: str = "model",
+                        reporter: Optional[Reporter] = None, output_grid: Optional[Grid] = None) -> SegmentationResult:
+        """Segment already-loaded volumes; ``postprocess`` is a rule of :data:`lckd.postprocessing.RULES`
+        or ``"model"`` (the rule the model card recommends, none if it names none). The label map
+        lies on ``output_grid`` if given (``--preprocess``: the raw reference's grid), else on the
+        reference volume's grid."""
         reporter = reporter or Reporter()
         et_label = et_label_of(labels)
         seconds: Dict[str, float] = {}
         clock = time.perf_counter()
         reporter.stage("prepare", "resampling and normalising")
         prepared = prepare_case(dict(volumes), self.card.spacing_mm, self.normalisation, reference)
+        if output_grid is not None:
+            prepared = replace(prepared, reference_grid=output_grid)
         seconds["prepare"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -120,9 +149,9 @@ class Segmenter:
         reporter.stage("finish", "mapping labels onto the reference grid")
         on_reference = probabilities_to_reference(probabilities, prepared)
         label_map = labels_from_regions(on_reference, threshold=0.5, et_label=et_label)
-        if postprocess:
-            label_map = relabel_small_enhancing(label_map, et_label=et_label)
         grid: Grid = prepared.reference_grid
+        rule = (self.card.postprocessing or "none") if postprocess == "model" else postprocess
+        label_map = apply_postprocessing(label_map, rule, grid.voxel_volume_mm3, et_label)
         seconds["finish"] = time.perf_counter() - clock
         return SegmentationResult(labels=label_map, affine=grid.affine, reference=prepared.reference,
                                   sequences=[s for s, p in zip(SEQUENCES, present) if p],
