@@ -10,6 +10,7 @@ never downloaded: they are TorchScript archives, which contain pickles.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,9 @@ def _extractor(use_gpu: bool):
         if not (models / name).is_file():
             raise BrainExtractionUnavailableError(f"{models / name}: deepbet's weights are missing from its "
                                              f"installation; reinstall it with: {INSTALL_HINT}")
-    # default paths: the weights inside the installed package
-    return BrainExtraction(no_gpu=not use_gpu)
+    with warnings.catch_warnings():  # torch's deprecation notice for torch.jit.load, which deepbet uses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return BrainExtraction(no_gpu=not use_gpu)  # default paths: the weights inside the installed package
 
 
 def brain_mask(data: np.ndarray, use_gpu: bool = False, threshold: float = 0.5) -> np.ndarray:
