@@ -164,8 +164,10 @@ class ASPP(nn.Module):
 
     Fix (method.md section 2): the released code instance-normalises the 1x1x1 global-pool
     branch, which is constant in old torch and an error in new torch. Here that branch is
-    1x1 conv + LeakyReLU without a norm, so it carries the tile's global context and runs with
-    batch size 1 on unmodified torch.
+    1x1 conv + LeakyReLU without a norm, so it runs with batch size 1 on unmodified torch.
+    In both forms the branch is a no-op: its output is constant over the tile, and the
+    InstanceNorm of ``project`` removes any spatially constant input (removing the branch changes
+    the logits by about 5e-14). It is kept for the released parameter layout and count.
     """
 
     def __init__(self, c_in: int, channels: int, dilations: Sequence[int]) -> None:
