@@ -47,9 +47,10 @@ def test_sitk_image_has_the_volume_geometry():
         assert image.GetPixel(index) == pytest.approx(float(data[index]))
 
 
-def test_registration_undoes_a_known_head_motion():
-    affine = np.array([[2.0, 0, 0, -50], [0, 2.0, 0, -56], [0, 0, 2.0, -44], [0, 0, 0, 1]])
-    shape = (50, 56, 44)
+@pytest.mark.parametrize("spacing", [2.0, 1.0])  # at 1 mm the images are binned to 2 mm first
+def test_registration_undoes_a_known_head_motion(spacing):
+    affine = np.array([[spacing, 0, 0, -50], [0, spacing, 0, -56], [0, 0, spacing, -44], [0, 0, 0, 1]])
+    shape = tuple(int(n / spacing) for n in (100, 112, 88))
     world = world_coordinates(shape, affine)
     data = synthetic_head(shape, affine) + 250.0 * world_blob(world, (-20.0, 25.0, -10.0), 6.0)
     fixed = Volume(data=data, affine=affine, path=Path("fixed.nii.gz"))
@@ -58,9 +59,11 @@ def test_registration_undoes_a_known_head_motion():
     motion[:3, 3] = [5.0, -4.0, 3.0]
     moving = Volume(data=data, affine=motion @ affine, path=Path("moving.nii.gz"))
     registered = register_rigid(fixed, moving)
-    corners = np.array([[i, j, k, 1.0] for i in (0, 49) for j in (0, 55) for k in (0, 43)]).T
-    error_mm = np.linalg.norm((registered.affine @ corners - affine @ corners)[:3], axis=0)
-    before_mm = np.linalg.norm((moving.affine @ corners - affine @ corners)[:3], axis=0)
+    # the corners of the brain's bounding box (the ellipsoid of synthetic_head), as voxels of the grid
+    box = np.array([[x, y, z, 1.0] for x in (-45, 45) for y in (-55, 55) for z in (-40, 40)]).T
+    voxels = np.linalg.inv(affine) @ box
+    error_mm = np.linalg.norm((registered.affine @ voxels - box)[:3], axis=0)
+    before_mm = np.linalg.norm((moving.affine @ voxels - box)[:3], axis=0)
     assert before_mm.max() > 8.0
     assert error_mm.max() < 1.0, error_mm
     assert registered.data is moving.data  # placed, not resampled
