@@ -163,7 +163,8 @@ def test_resume_after_sigkill_reaches_the_same_weights(trained, t1ce_cases, cach
 
 
 def test_metakd_resumes_from_a_mid_run_checkpoint(t1ce_cases, cache, tmp_path, monkeypatch):
-    """MetaKD: importance logits, their Adam state and the meta schedule survive a restart."""
+    """MetaKD with the released meta step (stage-2 subsets, batch 1, torch.rand logits), schedule and
+    augmentation: importance logits, their Adam state and the meta schedule survive a restart."""
     saved = trainer_module.save_checkpoint
     snapshot = tmp_path / "snapshot"
 
@@ -174,9 +175,11 @@ def test_metakd_resumes_from_a_mid_run_checkpoint(t1ce_cases, cache, tmp_path, m
         return path
 
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_keep)
-    assert main(train_args(t1ce_cases, tmp_path / "straight", cache, "metakd", 6, "--set", "checkpoint_every=1")) == 0
+    released = ("--set", "checkpoint_every=1", "--set", "meta_subsets=training", "--set", "meta_batch_size=1",
+                "--set", "importance_init=rand", "--set", "lr_schedule=released", "--set", "augmentation=released")
+    assert main(train_args(t1ce_cases, tmp_path / "straight", cache, "metakd", 6, *released)) == 0
     monkeypatch.setattr(trainer_module, "save_checkpoint", saved)
-    assert main(train_args(t1ce_cases, snapshot, cache, "metakd", 6, "--set", "checkpoint_every=1", "--resume")) == 0
+    assert main(train_args(t1ce_cases, snapshot, cache, "metakd", 6, *released, "--resume")) == 0
     straight, straight_card = load_model(tmp_path / "straight" / "model.safetensors")
     resumed, card = load_model(snapshot / "model.safetensors")
     for name, tensor in straight.state_dict().items():
