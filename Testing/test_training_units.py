@@ -453,6 +453,21 @@ def test_fast_chain_matches_the_monai_chain_spatially():
     assert stronger[:, 0].mean() < 0.5 * after[:, 0].mean()  # real context instead of zeros
 
 
+@pytest.mark.parametrize("released", [False, True])
+def test_fast_chain_keeps_labels_on_their_voxels(released):
+    """Images and labels go through the same map: a channel equal to the tumour mask still matches
+    the resampled labels (linear against nearest interpolation differ only at the border)."""
+    labels = np.zeros((40, 48, 48), np.uint8)
+    labels[8:30, 10:34, 12:40] = 2
+    labels[14:24, 16:28, 18:32] = 4
+    case = in_memory_case(np.repeat((labels > 0).astype(np.float32)[None], 4, axis=0), labels)
+    chain = FastAugmentation(TrainConfig(tile_size=(32, 40, 40), elastic_probability=0.5), released=released)
+    chain._intensity = lambda image, rng: image
+    for seed in range(16):
+        images, out = chain(case, np.array([4, 4, 4]), seed)
+        assert ((images[0] > 0.5) == (out > 0)).mean() > 0.97, seed
+
+
 def test_fast_chain_matches_the_monai_chain_in_intensity():
     """The intensity transforms (noise, blur, brightness, contrast, low resolution, gamma) on one
     patch: distributions of mean, spread, extremes and roughness agree (two-sample KS test)."""
