@@ -658,7 +658,7 @@ class SampleDataStandIn:
             return nodes
 
 
-@pytest.mark.skipif(not os.environ.get("LCKD_SLICER_SELFTEST"), reason="about a minute: set LCKD_SLICER_SELFTEST=1")
+@pytest.mark.skipif(not os.environ.get("LCKD_SLICER_SELFTEST"), reason="minutes: set LCKD_SLICER_SELFTEST=1")
 def test_in_slicer_self_test_runs_on_the_stand_ins(harness, monkeypatch):
     """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets)."""
     module, scene, dialogs, state = harness
