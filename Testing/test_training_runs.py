@@ -124,11 +124,11 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
     assert set(result["hd95"]["t1ce"]) == {"ET", "TC", "WT"}
     assert (tmp_path / "eval" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **average** |" in (tmp_path / "eval" / "evaluation.md").read_text()
-    assert read_card(model).validation == result and result["postprocess"] is False
+    assert read_card(model).validation == result and result["postprocess"] == "none"
     assert main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "post"),
-                 "--device", "cpu", "--no-progress", "--postprocess"]) == 0
+                 "--device", "cpu", "--no-progress", "--postprocess", "et500"]) == 0
     post = json.loads((tmp_path / "post" / "evaluation.json").read_text())
-    assert post["postprocess"] is True and post["subsets"]["flair"]["WT"] == result["subsets"]["flair"]["WT"]
+    assert post["postprocess"] == "et500" and post["subsets"]["flair"]["WT"] == result["subsets"]["flair"]["WT"]
 
 
 def _checkpoint_iteration(path: Path) -> int:
