@@ -16,12 +16,18 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from lckd.sequences import SEQUENCE_TITLES, SEQUENCES
 
+from .i18n import translator
 from .modelCard import ModelSummary, readModelSummary
 from .regionVolumes import regionVolumesMl
 from .segmentationImport import ensureConverterRules, importLabelMap, removeNode
 from .segmenterProcess import EventCallback, SegmenterProcess, pythonExecutable
 from .sequenceAssignment import checkAssignment
 from .volumeExport import exportVolume
+
+_ = translator(__file__)
+
+#: How the segmenter's refusal of raw scans ends (lckd.input_check's fix), and what this module says instead.
+CLI_PREPROCESS_FIX = "; run with --preprocess"
 
 LIBRARY_FOLDER = Path(__file__).resolve().parent.parent  # holds the lckd package
 #: Reference input when none is chosen: the same order as ``lckd segment``.
@@ -90,6 +96,18 @@ class SegmentationResult:
     reference: str
     seconds: float
     event: Dict = field(default_factory=dict)
+
+
+def inSlicerTerms(message: str, job: SegmentationJob) -> str:
+    """The segmenter's message with the exported files named by their volumes, and its advice on
+    raw scans given as this module's checkbox instead of the command-line option."""
+    for sequence, node in job.volumes.items():
+        message = message.replace(str(job.folder / f"{sequence}.nii"), node.GetName())
+    if CLI_PREPROCESS_FIX in message:
+        message = message.split(CLI_PREPROCESS_FIX)[0] + ". " + _(
+            "Tick 'Preprocess raw scans (co-register, skull-strip)' in Inputs and segment again, or use "
+            "scans that are already BraTS-ready (skull-stripped, co-registered, at most 3 mm slices).")
+    return message
 
 
 def referenceSequence(present, requested: Optional[str] = None) -> str:
@@ -174,7 +192,7 @@ class LCKDSegmentationLogic:
             return SegmentationError("The segmentation was cancelled.")
         if process.result is not None and process.process.returncode == 0 and job.output.is_file():
             return None
-        message = process.error or "The segmenter produced no result."
+        message = inSlicerTerms(process.error or "The segmenter produced no result.", job)
         if process.process.returncode == 3 or "out of memory" in message.lower():
             return OutOfMemoryError(message)
         return SegmentationError(message)
