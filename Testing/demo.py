@@ -38,13 +38,13 @@ def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict,
     panels = [(truth_title, truth)] + list(predictions.items())
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
     colours = {1: "tab:red", 2: "tab:green", 4: "gold"}
-    for axis, (title, labels) in zip(axes, panels):
+    for axis, (panel, labels) in zip(axes, panels):
         axis.imshow(np.rot90(image[:, :, z]), cmap="gray")
         for value, colour in colours.items():
             mask = np.rot90(labels[:, :, z] == value)
             if mask.any():
                 axis.contour(mask, levels=[0.5], colors=colour, linewidths=1.2)
-        axis.set_title(title, fontsize=10)
+        axis.set_title(panel, fontsize=10)
         axis.axis("off")
     figure.suptitle(f"red: necrosis, green: oedema, yellow: enhancing tumour ({title})")
     figure.tight_layout()

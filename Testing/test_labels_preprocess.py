@@ -48,21 +48,22 @@ def test_small_enhancing_tumour_becomes_necrosis_by_volume():
     assert (relabel_small_enhancing(big, 1.0) == 4).all()
 
 
-def test_specks_below_half_a_millilitre_are_dropped():
+def test_specks_below_the_size_are_dropped():
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[2:12, 2:12, 2:12] = 2  # 1000 voxels
     labels[5:8, 5:8, 5:8] = 4
     labels[15:17, 15:17, 15:17] = 1  # 8 voxels, apart from the tumour
     labels[17, 17, 17] = 4  # touches the 8-voxel speck diagonally: one 26-connected component
-    cleaned = drop_small_components(labels, voxel_volume_mm3=1.0)
+    cleaned = drop_small_components(labels, voxel_volume_mm3=1.0, min_ml=0.5)
     assert (cleaned[2:12, 2:12, 2:12] == labels[2:12, 2:12, 2:12]).all()
     assert cleaned[14:, 14:, 14:].sum() == 0
-    assert (drop_small_components(labels, voxel_volume_mm3=100.0) == labels).all()  # 0.9 mL: kept
-    both = postprocess(labels, "specks+et500", 1.0)
+    assert (drop_small_components(labels, voxel_volume_mm3=100.0, min_ml=0.5) == labels).all()  # 0.9 mL: kept
+    assert (drop_small_components(labels, voxel_volume_mm3=1.0) == 0).all()  # the default 2 mL: all gone
+    both = postprocess(labels, "specks+et500", 8.0)  # 2 mm voxels: the tumour 8 mL, the speck 0.07 mL
     expected = cleaned.copy()
-    expected[expected == 4] = 1  # the 27 enhancing voxels left (0.027 mL) fall under the BraTS rule
+    expected[expected == 4] = 1  # the 27 enhancing voxels left (0.22 mL) fall under the BraTS rule
     assert (both == expected).all()
-    assert (postprocess(labels, "none", 1.0) == labels).all()
+    assert (postprocess(labels, "none", 8.0) == labels).all()
     assert parse_rule("specks+et500") == ("specks", "et500")
     with pytest.raises(Exception, match="unknown post-processing"):
         parse_rule("largest")

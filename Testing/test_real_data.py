@@ -37,15 +37,18 @@ def test_brats2023_case_layout_and_geometry():
 #: Dice floors a little below what the shipped model measured on these held-out cases (Training.md,
 #: "The real-data model"): a regression of the model or the pipeline fails them.
 FLOORS = {
-    ("Brats18_2013_11_1", "flair+t1+t1ce+t2"): {"ET": None, "TC": None, "WT": None},
-    ("Brats18_2013_11_1", "flair+t2"): {"ET": None, "TC": None, "WT": None},
-    ("Brats18_CBICA_ABM_1", "flair+t1+t1ce+t2"): {"ET": None, "TC": None, "WT": None},
-    ("Brats18_CBICA_ABM_1", "flair+t2"): {"ET": None, "TC": None, "WT": None},
+    # measured (fp32): ET 0.185, TC 0.408, WT 0.905 / 0.161, 0.437, 0.753
+    ("Brats18_2013_11_1", "flair+t1+t1ce+t2"): {"ET": 0.13, "TC": 0.35, "WT": 0.85},
+    ("Brats18_2013_11_1", "flair+t2"): {"ET": 0.11, "TC": 0.38, "WT": 0.70},
+    # measured: 0.764, 0.852, 0.876 / 0.499, 0.737, 0.871
+    ("Brats18_CBICA_ABM_1", "flair+t1+t1ce+t2"): {"ET": 0.71, "TC": 0.80, "WT": 0.82},
+    ("Brats18_CBICA_ABM_1", "flair+t2"): {"ET": 0.45, "TC": 0.68, "WT": 0.82},
 }
 #: A held-out case through the Slicer logic (FLAIR, T1ce, T2: T1 missing), and how far its WT and TC
-#: volumes may lie from the expert's (a fraction of the expert's volume).
+#: volumes may lie from the expert's, as a fraction of the expert's volume (measured through lckd:
+#: WT 110.5 mL against 100.9, TC 45.7 against 33.6).
 SLICER_CASE = "Brats18_2013_3_1"
-SLICER_VOLUME_TOLERANCE = None
+SLICER_VOLUME_TOLERANCE = {"WT": 0.2, "TC": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +96,8 @@ def test_slicer_logic_segments_a_real_case_on_slicer_core():
     assert result.segmentationNode.GetSegmentation().GetNumberOfSegments() >= 2
     assert result.reference == "t1ce" and result.sequences == ["flair", "t1ce", "t2"]
     for region, expected in truth_ml.items():
-        assert abs(result.volumesMl[region] - expected) <= SLICER_VOLUME_TOLERANCE * expected, (result.volumesMl,
-                                                                                               truth_ml)
+        assert abs(result.volumesMl[region] - expected) <= SLICER_VOLUME_TOLERANCE[region] * expected, (
+            result.volumesMl, truth_ml)
 
 
 @pytest.mark.xdist_group("slicer")

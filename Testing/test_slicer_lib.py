@@ -144,14 +144,19 @@ def test_texts_are_translated_in_their_own_file_context(tmp_path, monkeypatch):
 
 # -- model catalogue -------------------------------------------------------------------------------
 
-def test_catalogue_lists_the_bundled_demo_model_with_its_checksum():
+def test_catalogue_lists_the_bundled_models_with_their_checksums():
+    from lckd.cli import BUNDLED_MODEL
+
     entries = modelCatalog.loadCatalog()
-    default = entries[0]
-    assert default.bundled == "Models/lckd-phantom-demo.safetensors" and default.url is None
-    path = modelCatalog.localPath(default)
-    assert path == DEMO_MODEL
-    assert modelCatalog.sha256(path) == default.sha256, "update Resources/Models.json after replacing the model"
-    assert read_card(path).name == default.name
+    default = modelCatalog.defaultEntry(entries)
+    assert default.bundled == "Models/lckd-brats2018-cpu.safetensors" and default.url is None
+    assert modelCatalog.localPath(default) == BUNDLED_MODEL  # the module and lckd segment agree on the default
+    phantom = modelCatalog.entryByName(entries, "lckd-phantom-demo")
+    assert modelCatalog.localPath(phantom) == DEMO_MODEL
+    for entry in (default, phantom):
+        path = modelCatalog.localPath(entry)
+        assert modelCatalog.sha256(path) == entry.sha256, "update Resources/Models.json after replacing a model"
+        assert path.stat().st_size == entry.sizeBytes and read_card(path).name == entry.name
     for entry in entries:
         assert entry.licence and entry.trainingData and entry.inputs and "cpu_s" in entry.times
         assert entry.describe().startswith(entry.title)
@@ -201,7 +206,8 @@ def test_download_from_a_local_address_is_verified_and_cancellable(tmp_path, mon
     (cache / ".download-x.part").write_bytes(b"left over")
     assert modelCatalog.deleteDownloaded() == 1
     assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]  # nothing else is touched
-    assert modelCatalog.localPath(modelCatalog.loadCatalog()[0]) == DEMO_MODEL  # bundled models stay
+    assert modelCatalog.localPath(modelCatalog.entryByName(modelCatalog.loadCatalog(), "lckd-phantom-demo")) \
+        == DEMO_MODEL  # bundled models stay
 
 
 # -- dependencies ----------------------------------------------------------------------------------
@@ -755,7 +761,7 @@ def test_parameter_node_gui_connects_once_and_disconnects_where_it_can(tagged):
 def test_catalogue_default_model_and_the_saved_choice(tmp_path):
     from LCKDSegmentationLib.modelChoices import CUSTOM_MODEL, ModelChoices
 
-    entries = modelCatalog.loadCatalog()
+    entries = [modelCatalog.entryByName(modelCatalog.loadCatalog(), "lckd-phantom-demo")]
     second = modelCatalog.ModelEntry(**dict(entries[0].__dict__, name="real-default", default=True))
     assert modelCatalog.defaultEntry(entries).name == entries[0].name  # none marked: the first
     assert modelCatalog.defaultEntry([entries[0], second]) is second

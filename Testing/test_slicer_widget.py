@@ -495,7 +495,7 @@ def test_widget_assigns_refuses_and_explains(harness):
     assigned = {sequence: getattr(parameters, name) for sequence, _, name in module.SLOTS}
     assert assigned == volumes
     assert ui.segmentButton.enabled is True and ui.segmentButton.text == "Segment"
-    assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: ET 0.50")
+    assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: ET 0.59, TC 0.70")
     assert "Elected teachers" in ui.modelInfoLabel.text
 
     parameters.t2Volume = volumes["flair"]  # one volume in two slots
@@ -587,19 +587,19 @@ def test_widget_models_from_file_and_download_after_consent(harness, monkeypatch
     add_case(scene)
     widget = make_widget(module, state)
     ui = widget.ui
-    assert ui.modelComboBox.itemData(0) == "lckd-phantom-demo" and ui.modelComboBox.count == 1
+    assert ui.modelComboBox.itemData(0) == "lckd-brats2018-cpu" and ui.modelComboBox.count == 2
 
     state["path"] = str(tmp_path / "model.pt")
     Path(state["path"]).write_bytes(b"\x80\x04" + b"\0" * 64)
     ui.loadWeightsButton.click()
-    assert dialogs.shown[-1][0] == "error" and "model.pt" in dialogs.shown[-1][1] and ui.modelComboBox.count == 1
+    assert dialogs.shown[-1][0] == "error" and "model.pt" in dialogs.shown[-1][1] and ui.modelComboBox.count == 2
 
     tiny = make_tiny_model_file(tmp_path / "tiny.safetensors", validation=syntheticValidationTable())
     state["path"] = str(tiny)
     ui.loadWeightsButton.click()
-    assert ui.modelComboBox.count == 2 and ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == "file"
+    assert ui.modelComboBox.count == 3 and ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == "file"
     assert widget.panel.models.localPath(widget.currentModel()) == tiny and "tiny" in ui.modelInfoLabel.text
-    assert make_widget(module, state).ui.modelComboBox.itemData(1) == "file"  # remembered
+    assert make_widget(module, state).ui.modelComboBox.itemData(2) == "file"  # remembered
 
     entry = modelCatalog.ModelEntry(name="tiny-remote", version="1", title="Tiny (remote)", sha256=modelCatalog.sha256(
         tiny), licence="MIT", trainingData="none", inputs="any", url=tiny.as_uri(), sizeBytes=tiny.stat().st_size)

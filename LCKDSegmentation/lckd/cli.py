@@ -17,13 +17,14 @@ from .postprocessing import RULES as POSTPROCESSING_RULES
 from .progress import JsonReporter, Reporter, make_reporter
 from .sequences import REGIONS, SEQUENCE_TITLES, SEQUENCES
 
-#: Where the bundled demo model lies, relative to the ``lckd`` package (the module's Resources).
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "lckd-phantom-demo.safetensors"
+#: The bundled default model (trained on real BraTS 2018 cases), relative to the ``lckd`` package (the
+#: module's Resources; its catalogue, Models.json, marks the same file as the default).
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "lckd-brats2018-cpu.safetensors"
 MODEL_ENVIRONMENT_VARIABLE = "LCKD_MODEL"
 
 
 def default_model() -> Path:
-    """``$LCKD_MODEL`` if set, else the bundled demo model; a clear error when neither exists."""
+    """``$LCKD_MODEL`` if set, else the bundled default model; a clear error when neither exists."""
     from .errors import ModelFileError
 
     configured = os.environ.get(MODEL_ENVIRONMENT_VARIABLE)
@@ -98,7 +99,7 @@ def _add_segment_command(subparsers) -> None:
     parser.add_argument("--postprocess", nargs="?", const="specks+et500", default="model",
                         choices=("model",) + POSTPROCESSING_RULES, metavar="RULE",
                         help="model (default: the rule the model card names), none, specks (drop tumour "
-                             "components under 0.5 mL), et500 (BraTS: under 0.5 mL of enhancing tumour becomes "
+                             "components under 2 mL), et500 (BraTS: under 0.5 mL of enhancing tumour becomes "
                              "necrosis), specks+et500 (both; also what --postprocess alone means)")
     raw = parser.add_mutually_exclusive_group()
     raw.add_argument("--preprocess", action="store_true",

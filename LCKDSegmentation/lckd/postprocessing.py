@@ -8,8 +8,8 @@
   any grid (the BraTS challenge applies it on its 1 mm grid).
 
 Rules combine with ``+`` (``specks+et500``: specks first). Sizes are in mL, not voxels, for the
-same reason as ``et500``. The threshold values were chosen by measurement on real validation cases
-(Training.md, "Post-processing").
+same reason as ``et500``. The speck size was chosen by measurement on the real-data model's 3 validation cases
+(Training.md, "Post-processing"; ``Testing/Benchmarks/postprocessing_rules.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .errors import LCKDError
 from .labels import NECROSIS
 
 #: Whole-tumour components smaller than this are dropped by ``specks`` (mL).
-MIN_COMPONENT_ML = 0.5
+MIN_COMPONENT_ML = 2.0
 #: The BraTS enhancing-tumour rule's size: 500 voxels of 1 mm^3 (mL).
 MIN_ENHANCING_ML = 0.5
 RULES = ("none", "specks", "et500", "specks+et500")
