@@ -141,7 +141,8 @@ def test_segment_gives_the_same_label_map_from_every_format(tmp_path):
     for name, path in [("nifti", nifti), ("nrrd", formats["t1ce.nrrd"]), ("mha", formats["t1ce.mha"]),
                        ("dicom", formats["dicom"])]:
         output = tmp_path / f"{name}-labels.nii.gz"
-        assert main(["segment", "--t1ce", str(path), "-o", str(output), "--model", str(BUNDLED_MODEL),
+        assert main(["segment", "--t1ce", str(path), "-o", str(output), "--model",
+                     str(BUNDLED_MODEL.with_name("lckd-phantom-demo.safetensors")),
                      "--progress", "none"]) == 0, name
         maps[name] = nib.load(str(output))
     reference = maps["nifti"]
