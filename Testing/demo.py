@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from real_data import BRATS2018
 
 from lckd.cli import default_model
 from lckd.errors import LCKDError
@@ -22,7 +23,7 @@ from lckd.segmenter import Segmenter
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 OUTPUT = Path("demo_output")
-REAL_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2018"
+REAL_CASES = BRATS2018
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from demo import overlay
+from real_data import CLINICAL
 
 from lckd.cli import default_model
 from lckd.segmenter import Segmenter
 
-PATIENT = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinical" / "TCGA-FG-6692" / "brats-space"
+PATIENT = CLINICAL / "brats-space"
 OUTPUT = Path(__file__).resolve().parents[1] / "Resources" / "RealCase.png"
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",), ("flair",))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from real_data import CLINICAL, SHARED_DATA
 
 from conftest import synthetic_head, world_coordinates
 from lckd.cases import read_case_folder
@@ -14,8 +15,8 @@ from lckd.cli import main
 from lckd.input_check import PREPROCESS_FIX, InputProblem, check_inputs
 from lckd.io import Volume, load_volume
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PATIENT = DATA / "clinical" / "TCGA-FG-6692"
+DATA = SHARED_DATA
+PATIENT = CLINICAL
 needs_data = pytest.mark.skipif(not PATIENT.is_dir(), reason=f"the real data are not there ({DATA})")
 
 GRID = np.array([[2.0, 0, 0, -50], [0, 2.0, 0, -56], [0, 0, 2.0, -44], [0, 0, 0, 1]])

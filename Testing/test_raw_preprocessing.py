@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from real_data import CLINICAL, SHARED_DATA
 
 from conftest import synthetic_head, world_blob, world_coordinates
 from lckd import raw_preprocessing
@@ -21,8 +22,8 @@ from lckd.geometry import Grid, resample
 from lckd.io import Volume
 from lckd.registration import RAS_LPS, register_rigid, to_sitk
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PATIENT = DATA / "clinical" / "TCGA-FG-6692"
+DATA = SHARED_DATA
+PATIENT = CLINICAL
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
 needs_patient = pytest.mark.skipif(not PATIENT.is_dir(), reason=f"the clinical patient is not there ({PATIENT})")
 
