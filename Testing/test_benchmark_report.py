@@ -22,7 +22,7 @@ def write(bench, monkeypatch, report: Path, kind: str, seconds: float) -> None:
     monkeypatch.setattr(bench, "device_kind", lambda device: (kind, kind.upper()))
     rows = [{"name": "lckd segment, paper preset", "wall_s": seconds, "peak_gb": 1.0, "note": ""},
             {"name": "MONAI SegResNet", "wall_s": 2 * seconds, "peak_gb": 1.0, "note": ""}]
-    bench.write_report(report, "cuda" if kind == "gpu" else "cpu", rows, [], [], None, (0.0, 0.0))
+    bench.write_report(report, "cuda" if kind == "gpu" else "cpu", rows, [], [], None, [], None, (0.0, 0.0))
 
 
 def test_each_kind_keeps_its_own_section(bench, monkeypatch, tmp_path):
@@ -42,6 +42,25 @@ def test_each_kind_keeps_its_own_section(bench, monkeypatch, tmp_path):
         section = text[text.index(f"<!-- make bench {kind}:"):text.index(f"<!-- /make bench {kind} -->")]
         assert f"| lckd segment, paper preset | {seconds} | 1.00 | 0.50 |" in section
     assert "11.00" not in text
+
+
+def test_loader_and_preprocessing_tables(bench, monkeypatch, tmp_path):
+    """The rows loader_throughput.py and preprocessing_steps.py print become two tables of the CPU section."""
+    monkeypatch.setattr(bench, "device_kind", lambda device: ("cpu-x", "CPU X"))
+    rows = [{"name": "MONAI SegResNet", "wall_s": 2.0, "peak_gb": 1.0, "note": ""}]
+    loader = [{"augmentation": chain, "batch": 2, "tile": [80, 160, 160], "batches_per_s_per_worker": rate}
+              for chain, rate in (("monai", 0.2), ("fast", 1.0))]
+    preprocessing = {"rows": [{"step": "brain extraction (t1, deepbet)", "seconds": 7.4, "cpu_seconds": 11.1,
+                               "peak_rss_mib": 1502}],
+                     "problems": 6, "volumes_ml": {"WT": 15.4}, "working_grid": [238, 212, 166]}
+    report = tmp_path / "Benchmarks.md"
+    bench.write_report(report, "cpu", rows, [], [], None, loader, preprocessing, (0.0, 0.0))
+    text = report.read_text()
+    assert "| monai | 2 | 80x160x160 | 0.200 | 1.0 |" in text
+    assert "| fast | 2 | 80x160x160 | 1.000 | 5.0 |" in text
+    assert "working grid 238x212x166, 6 input problems found" in text
+    assert "| brain extraction (t1, deepbet) | 7.40 | 11.10 | 1502 |" in text
+    assert text.index("| fast |") < text.index("<!-- /make bench cpu-x -->")
 
 
 def test_device_kind_names_the_cpu_instruction_set(bench):

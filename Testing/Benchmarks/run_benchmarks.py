@@ -9,10 +9,13 @@ per region); MONAI SegResNet configured like MONAI Auto3DSeg's BraTS model throu
 sliding-window inferer; on a GPU also a warm case (the model already loaded, as in `lckd segment
 --batch`); the training step of the `phantom` preset (and of `paper` on a GPU); on a CPU the
 per-tile effect of each inference optimisation (`tile_ablation.py`) and, with native bf16, the
-bf16/fp32 agreement over all 15 subsets (`precision_agreement.py`).
-Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs, the ablation and the
-agreement; ``--device cuda`` on a GPU; ``--case DIR`` uses an existing case folder instead of
-generating phantom seed 7.
+bf16/fp32 agreement over all 15 subsets (`precision_agreement.py`). Where the real data lies
+beside the repository (``../shared/data``, Testing/real_data.py): the training loader's batches/s
+per worker for the paper preset with each augmentation chain (`loader_throughput.py`, BraTS 2018)
+and each `--preprocess` step on the clinical patient (`preprocessing_steps.py`).
+Options: ``--quick`` skips the paper preset's 2- and 1-sequence runs, the ablation, the
+agreement, the loader and the preprocessing steps; ``--device cuda`` on a GPU; ``--case DIR``
+uses an existing case folder instead of generating phantom seed 7.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "Resources" / "Docs" / "Benchmarks.md"
+AUGMENTATION_CHAINS = ("monai", "fast", "released")  # the first is the reference the others are compared to
 
 SEGRESNET_SCRIPT = """
 import sys, time, torch, nibabel as nib, numpy as np
@@ -244,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             agreement = json.loads(measured["stdout"].strip().splitlines()[-1])
             print(json.dumps(agreement), flush=True)
 
+    loader, preprocessing = real_data_measurements(work, args.device) if not args.quick else ([], None)
+
     throughput = Path(__file__).with_name("training_throughput.py")
     presets = ["phantom", "paper"] if args.device.startswith("cuda") else ["phantom"]
     for preset in presets:
@@ -251,9 +257,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         training.append(json.loads(measured["stdout"].strip().splitlines()[-1]))
         print(json.dumps(training[-1]), flush=True)
 
-    write_report(args.report, args.device, rows, training, ablation, agreement, (load_before, os.getloadavg()[0]))
+    write_report(args.report, args.device, rows, training, ablation, agreement, loader, preprocessing,
+                 (load_before, os.getloadavg()[0]))
     print(f"written to {args.report}")
     return 0
+
+
+def real_data_measurements(work: Path, device: str) -> Tuple[List[Dict], Optional[Dict]]:
+    """The loader rate per augmentation chain (BraTS 2018) and the `--preprocess` steps (clinical
+    patient), each in a fresh process; empty where ``../shared/data`` is not beside the repository."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    from real_data import BRATS2018, CLINICAL
+
+    loader: List[Dict] = []
+    if BRATS2018.is_dir() and not device.startswith("cuda"):
+        script = Path(__file__).with_name("loader_throughput.py")
+        for chain in AUGMENTATION_CHAINS:
+            measured = run_measured([sys.executable, str(script), "--data", str(BRATS2018), "--preset", "paper",
+                                     "--workers", "1", "--batches", "20", "--cache", str(work / "loader-cache"),
+                                     "--set", f"augmentation={chain}"])
+            loader.append(json.loads(measured["stdout"].strip().splitlines()[-1]))
+            print(json.dumps(loader[-1]), flush=True)
+    preprocessing = None
+    if (CLINICAL / "native").is_dir():
+        steps = work / "preprocessing.json"
+        run_measured([sys.executable, str(Path(__file__).with_name("preprocessing_steps.py")), "--device", device,
+                      "--json", str(steps)])
+        preprocessing = json.loads(steps.read_text())
+        print(json.dumps(preprocessing), flush=True)
+    return loader, preprocessing
 
 
 def section_position(text: str, kind: str) -> int:
@@ -268,7 +300,8 @@ def section_position(text: str, kind: str) -> int:
 
 
 def write_report(report: Path, device: str, rows: List[Dict], training: List[Dict], ablation: List[Dict],
-                 agreement: Optional[Dict], load: Tuple[float, float]) -> None:
+                 agreement: Optional[Dict], loader: List[Dict], preprocessing: Optional[Dict],
+                 load: Tuple[float, float]) -> None:
     """Replace this device kind's section of the report (between its markers), keep the rest."""
     kind, title = device_kind(device)
     reference = next(r["wall_s"] for r in rows if r["name"].startswith("MONAI SegResNet"))
@@ -308,6 +341,22 @@ def write_report(report: Path, device: str, rows: List[Dict], training: List[Dic
                   "| lowest | " + " | ".join(f"{agreement['dice_min'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
                   "", f"Lowest pairs: {worst}. Paper preset, one tile, random weights: mean |p_bf16 - p_fp32| "
                   f"{agreement['paper_tile_mean_abs_probability_difference']:.4f}."]
+    if loader:
+        lines += ["", "Training loader (`loader_throughput.py --preset paper --workers 1`, the 14 BraTS 2018 cases of "
+                  "../shared/data, 20 batches after a warm-up; the issue-15 target is 4x the MONAI chain):", "",
+                  "| augmentation chain | batch | tile | batches/s per worker | vs monai |",
+                  "| --- | ---: | --- | ---: | ---: |"]
+        for row in loader:
+            lines.append(f"| {row['augmentation']} | {row['batch']} | {'x'.join(str(v) for v in row['tile'])} | "
+                         f"{row['batches_per_s_per_worker']:.3f} | "
+                         f"{row['batches_per_s_per_worker'] / loader[0]['batches_per_s_per_worker']:.1f} |")
+    if preprocessing:
+        lines += ["", "`lckd segment --preprocess` step by step (`preprocessing_steps.py`) on the raw clinical "
+                  f"scans of TCGA-FG-6692 (working grid {'x'.join(str(v) for v in preprocessing['working_grid'])}, "
+                  f"{preprocessing['problems']} input problems found, result {preprocessing['volumes_ml']} mL):", "",
+                  "| step | wall (s) | CPU (s) | peak resident memory after (MiB) |", "| --- | ---: | ---: | ---: |"]
+        for row in preprocessing["rows"]:
+            lines.append(f"| {row['step']} | {row['seconds']:.2f} | {row['cpu_seconds']:.2f} | {row['peak_rss_mib']} |")
     lines.append(f"<!-- /make bench {kind} -->")
     section = "\n".join(lines)
     text = report.read_text() if report.exists() else "# Benchmarks\n"
