@@ -41,6 +41,27 @@ def test_segment_writes_label_map_on_reference_grid(write_case, tiny_model, tmp_
     assert "mL" in printed and " s " in printed
 
 
+@pytest.mark.parametrize("sequences", [("flair", "t1", "t1ce", "t2"), ("flair", "t2")])
+def test_released_postprocessing_reads_t1ce_on_the_output_grid(write_case, tiny_model, tmp_path, sequences):
+    """--postprocess released equals the rule applied to the plain label map, with the given T1ce."""
+    from lckd.postprocessing import released_postprocess
+
+    files = write_case(sequences)
+    maps = {}
+    for rule in ("none", "released"):
+        out = tmp_path / f"{rule}.nii.gz"
+        flags = [a for s in sequences for a in (f"--{s}", files[s])]
+        assert run_cli("segment", *flags, "-o", out, "--model", tiny_model, "--progress", "none",
+                       "--postprocess", rule) == 0
+        maps[rule] = read(out)
+    spacing = maps["none"].header.get_zooms()[:3]
+    t1ce = np.asarray(read(files["t1ce"]).dataobj, dtype=np.float32) if "t1ce" in files else None
+    plain = np.asarray(maps["none"].dataobj)
+    assert plain.any()  # a random tiny model labels voxels, so the rule has something to act on
+    expected = released_postprocess(plain, spacing, t1ce)
+    assert (np.asarray(maps["released"].dataobj) == expected).all()
+
+
 def test_json_progress_and_brats2023_labels(write_case, tiny_model, tmp_path, capsys):
     files = write_case(("t2",))
     out = tmp_path / "t2only.nii.gz"

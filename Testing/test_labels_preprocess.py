@@ -11,7 +11,13 @@ from lckd.labels import (
     region_volumes_ml,
     regions_from_labels,
 )
-from lckd.postprocessing import drop_small_components, parse_rule, postprocess, relabel_small_enhancing
+from lckd.postprocessing import (
+    drop_small_components,
+    parse_rule,
+    postprocess,
+    relabel_small_enhancing,
+    released_postprocess,
+)
 from lckd.preprocess import Normalisation, brain_box, crop, normalise, robust_maximum, uncrop
 from lckd.sequences import all_subsets, presence_mask, subset_key
 
@@ -67,6 +73,48 @@ def test_specks_below_the_size_are_dropped():
     assert parse_rule("specks+et500") == ("specks", "et500")
     with pytest.raises(Exception, match="unknown post-processing"):
         parse_rule("largest")
+
+
+def released_case() -> np.ndarray:
+    """A 61 mL oedema-and-necrosis tumour above the first 26 mm, a 1.6 mL blob apart from it, a 3.1 mL
+    blob wholly in the first 26 mm of the third axis (2 mm voxels)."""
+    labels = np.zeros((40, 40, 60), np.uint8)
+    labels[5:25, 5:25, 20:39] = 2  # 7600 voxels of 8 mm^3: 60.8 mL
+    labels[10:15, 10:15, 25:30] = 1
+    labels[30:35, 30:35, 40:48] = 2  # 200 voxels: 1.6 mL, under min(2 mL, a tenth of 61 mL)
+    labels[30:37, 30:37, 2:10] = 2  # 392 voxels: 3.1 mL, top at 20 mm
+    return labels
+
+
+def test_released_rule_drops_small_and_border_components():
+    labels = released_case()
+    out = released_postprocess(labels, (2.0, 2.0, 2.0), t1ce=None)
+    assert (out[5:25, 5:25, 20:39] == labels[5:25, 5:25, 20:39]).all()  # the tumour is kept as it is
+    assert out[30:, 30:].sum() == 0  # the small blob and the border blob are gone
+    border_only = labels.copy()
+    border_only[30:35, 30:35, 40:48] = 0
+    on_1mm = released_postprocess(border_only, (2.0, 2.0, 1.0), t1ce=None)  # its top now at 10 mm: still border
+    assert on_1mm[30:, 30:].sum() == 0
+    tall = released_postprocess(border_only, (2.0, 2.0, 4.0), t1ce=None)  # top at 40 mm: kept
+    assert (tall[30:37, 30:37, 2:10] == 2).all()
+    assert (postprocess(labels, "released", 8.0) == out).all()
+
+
+def test_released_rule_clusters_oedema_on_t1ce_only_when_given():
+    labels = released_case()
+    t1ce = np.full(labels.shape, 100.0)
+    t1ce[5:25, 5:15, 20:39] = 40.0  # half of the oedema is dark on T1ce
+    out = released_postprocess(labels, (2.0, 2.0, 2.0), t1ce=t1ce)
+    oedema = labels == 2
+    dark = np.zeros_like(oedema)
+    dark[5:25, 5:15, 20:39] = True
+    assert (out[oedema & dark] == 1).all() and (out[oedema & ~dark & (out > 0)] == 2).all()
+    with_et = labels.copy()
+    with_et[15:25, 15:25, 30:39] = 4  # 900 enhancing voxels: over the case's 12 %, no clustering
+    assert ((released_postprocess(with_et, (2.0, 2.0, 2.0), t1ce=t1ce) == 1).sum() == (with_et == 1).sum())
+    small_et = labels.copy()
+    small_et[20:22, 20:22, 30:32] = 4  # 8 voxels (0.06 mL): relabelled as necrosis by the BraTS rule
+    assert (released_postprocess(small_et, (2.0, 2.0, 2.0), t1ce=None) == 4).sum() == 0
 
 
 def test_region_volumes_in_millilitres():

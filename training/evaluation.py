@@ -22,7 +22,7 @@ from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.network import LCKDNet
 from lckd.postprocessing import postprocess as apply_postprocessing
-from lckd.sequences import REGIONS, all_subsets, presence_mask, subset_key
+from lckd.sequences import REGIONS, SEQUENCES, all_subsets, presence_mask, subset_key
 
 from .data import CachedCase
 
@@ -74,7 +74,8 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
         for subset in subsets:
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size)
             labels = labels_from_regions(probabilities.cpu().numpy())
-            found = regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3))
+            t1ce = case.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
+            found = regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3, t1ce=t1ce))
             key = subset_key(subset)
             for region in REPORTED_REGIONS:
                 index = REGION_INDEX[region]

@@ -100,7 +100,9 @@ def _add_segment_command(subparsers) -> None:
                         choices=("model",) + POSTPROCESSING_RULES, metavar="RULE",
                         help="model (default: the rule the model card names), none, specks (drop tumour "
                              "components under 2 mL), et500 (BraTS: under 0.5 mL of enhancing tumour becomes "
-                             "necrosis), specks+et500 (both; also what --postprocess alone means)")
+                             "necrosis), specks+et500 (both; also what --postprocess alone means), released "
+                             "(the LCKD authors' postprocess.py: small and border components, oedema clustered on "
+                             "T1ce when given, et500)")
     raw = parser.add_mutually_exclusive_group()
     raw.add_argument("--preprocess", action="store_true",
                      help="raw scans (not skull-stripped, not co-registered, thick slices): co-register every "

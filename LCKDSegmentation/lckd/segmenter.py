@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .geometry import Grid
+from .geometry import Grid, resample
 from .inference import (
     count_windows,
     cpu_has_native_bf16,
@@ -151,7 +151,11 @@ class Segmenter:
         label_map = labels_from_regions(on_reference, threshold=0.5, et_label=et_label)
         grid: Grid = prepared.reference_grid
         rule = (self.card.postprocessing or "none") if postprocess == "model" else postprocess
-        label_map = apply_postprocessing(label_map, rule, grid.voxel_volume_mm3, et_label)
+        t1ce = None
+        if "released" in rule and "t1ce" in volumes:  # the released rule clusters oedema on T1ce
+            t1ce = resample(volumes["t1ce"].data, volumes["t1ce"].affine, grid, order=1)
+        label_map = apply_postprocessing(label_map, rule, grid.voxel_volume_mm3, et_label,
+                                         spacing_mm=np.linalg.norm(grid.affine[:3, :3], axis=0), t1ce=t1ce)
         seconds["finish"] = time.perf_counter() - clock
         return SegmentationResult(labels=label_map, affine=grid.affine, reference=prepared.reference,
                                   sequences=[s for s, p in zip(SEQUENCES, present) if p],

@@ -14,7 +14,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -23,23 +23,24 @@ from lckd.cases import find_cases
 from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.model_file import load_model
-from lckd.postprocessing import drop_small_components, relabel_small_enhancing
+from lckd.postprocessing import drop_small_components, relabel_small_enhancing, released_postprocess
 from lckd.preprocess import Normalisation
-from lckd.sequences import all_subsets, presence_mask
+from lckd.sequences import SEQUENCES, all_subsets, presence_mask
 from training.data import cache_case, cache_folder, load_cached
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 SPECK_THRESHOLDS_ML = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """Each candidate rule as a function of a label map."""
-    rules: Dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda labels: labels,
-                                                            "et500": lambda labels: relabel_small_enhancing(labels,
-                                                                                                            voxel_mm3)}
+def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]]:
+    """Each candidate rule as a function of a label map and the T1ce image (None: T1ce not given)."""
+    rules: Dict[str, Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]] = {
+        "none": lambda labels, t1ce: labels,
+        "et500": lambda labels, t1ce: relabel_small_enhancing(labels, voxel_mm3),
+        "released": lambda labels, t1ce: released_postprocess(labels, (voxel_mm3 ** (1 / 3),) * 3, t1ce)}
     for ml in SPECK_THRESHOLDS_ML:
-        rules[f"specks<{ml:g}mL"] = lambda labels, ml=ml: drop_small_components(labels, voxel_mm3, ml)
-        rules[f"specks<{ml:g}mL+et500"] = lambda labels, ml=ml: relabel_small_enhancing(
+        rules[f"specks<{ml:g}mL"] = lambda labels, t1ce, ml=ml: drop_small_components(labels, voxel_mm3, ml)
+        rules[f"specks<{ml:g}mL+et500"] = lambda labels, t1ce, ml=ml: relabel_small_enhancing(
             drop_small_components(labels, voxel_mm3, ml), voxel_mm3)
     return rules
 
@@ -72,8 +73,9 @@ def main() -> None:
                     probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size)
                 labels = labels_from_regions(probabilities.numpy())
                 runs += 1
+                t1ce = prepared.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
                 for name, rule in rules.items():
-                    found = regions_from_labels(rule(labels))
+                    found = regions_from_labels(rule(labels, t1ce))
                     for region in REPORTED_REGIONS:
                         index = REGION_INDEX[region]
                         sums[name][f"Dice {region}"] += dice(found[index], truth[index])
