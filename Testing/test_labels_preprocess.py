@@ -109,6 +109,7 @@ def test_released_rule_clusters_oedema_on_t1ce_only_when_given():
     dark = np.zeros_like(oedema)
     dark[5:25, 5:15, 20:39] = True
     assert (out[oedema & dark] == 1).all() and (out[oedema & ~dark & (out > 0)] == 2).all()
+    assert (released_postprocess(labels, (2.0, 2.0, 2.0), t1ce=np.full(labels.shape, 7.0))[oedema] != 1).all()
     with_et = labels.copy()
     with_et[15:25, 15:25, 30:39] = 4  # 900 enhancing voxels: over the case's 12 %, no clustering
     assert ((released_postprocess(with_et, (2.0, 2.0, 2.0), t1ce=t1ce) == 1).sum() == (with_et == 1).sum())

@@ -86,6 +86,8 @@ def relabel_small_enhancing(labels: np.ndarray, voxel_volume_mm3: float, et_labe
 def _two_means_lower(values: np.ndarray) -> np.ndarray:
     """Which ``values`` fall in the darker of two 1-D k-means clusters (seeded; min/max start)."""
     low, high = float(values.min()), float(values.max())
+    if low == high:  # one intensity: no darker cluster
+        return np.zeros(values.shape, bool)
     for _ in range(20):  # Lloyd iterations on a line converge in a few steps
         darker = np.abs(values - low) <= np.abs(values - high)
         if darker.all() or not darker.any():
