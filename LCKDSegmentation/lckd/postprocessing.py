@@ -84,7 +84,7 @@ def relabel_small_enhancing(labels: np.ndarray, voxel_volume_mm3: float, et_labe
 
 
 def _two_means_lower(values: np.ndarray) -> np.ndarray:
-    """Which ``values`` fall in the darker of two 1-D k-means clusters (seeded; min/max start)."""
+    """Which ``values`` fall in the darker of two 1-D k-means clusters (deterministic: min/max start)."""
     low, high = float(values.min()), float(values.max())
     if low == high:  # one intensity: no darker cluster
         return np.zeros(values.shape, bool)

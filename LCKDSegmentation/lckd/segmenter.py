@@ -25,6 +25,7 @@ from .input_check import check_inputs
 from .io import PathLike, Volume, load_volume, save_nifti
 from .labels import et_label_of, labels_from_regions, region_volumes_ml
 from .model_file import ModelCard, load_model
+from .postprocessing import parse_rule
 from .postprocessing import postprocess as apply_postprocessing
 from .preparation import prepare_case, probabilities_to_reference
 from .preprocess import Normalisation
@@ -152,7 +153,7 @@ class Segmenter:
         grid: Grid = prepared.reference_grid
         rule = (self.card.postprocessing or "none") if postprocess == "model" else postprocess
         t1ce = None
-        if "released" in rule and "t1ce" in volumes:  # the released rule clusters oedema on T1ce
+        if "released" in parse_rule(rule) and "t1ce" in volumes:  # the released rule clusters oedema on T1ce
             t1ce = resample(volumes["t1ce"].data, volumes["t1ce"].affine, grid, order=1)
         label_map = apply_postprocessing(label_map, rule, grid.voxel_volume_mm3, et_label,
                                          spacing_mm=np.linalg.norm(grid.affine[:3, :3], axis=0), t1ce=t1ce)

@@ -23,7 +23,7 @@ from lckd.cases import find_cases
 from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.model_file import load_model
-from lckd.postprocessing import drop_small_components, relabel_small_enhancing, released_postprocess
+from lckd.postprocessing import drop_small_components, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES, all_subsets, presence_mask
 from training.data import cache_case, cache_folder, load_cached
@@ -37,7 +37,7 @@ def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray, Optional[np.nd
     rules: Dict[str, Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]] = {
         "none": lambda labels, t1ce: labels,
         "et500": lambda labels, t1ce: relabel_small_enhancing(labels, voxel_mm3),
-        "released": lambda labels, t1ce: released_postprocess(labels, (voxel_mm3 ** (1 / 3),) * 3, t1ce)}
+        "released": lambda labels, t1ce: postprocess(labels, "released", voxel_mm3, t1ce=t1ce)}
     for ml in SPECK_THRESHOLDS_ML:
         rules[f"specks<{ml:g}mL"] = lambda labels, t1ce, ml=ml: drop_small_components(labels, voxel_mm3, ml)
         rules[f"specks<{ml:g}mL+et500"] = lambda labels, t1ce, ml=ml: relabel_small_enhancing(
