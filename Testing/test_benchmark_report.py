@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,27 @@ def test_device_kind_names_the_cpu_instruction_set(bench):
     capability = torch.backends.cpu.get_cpu_capability()
     assert kind.startswith(f"cpu-{capability.lower()}") and capability in title
     assert bench.device_kind("cuda") == ("gpu", "GPU")
+
+
+def test_method_comparison_goal_figures(tmp_path):
+    spec = importlib.util.spec_from_file_location("method_comparison", SCRIPT.parent / "method_comparison.py")
+    comparison = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(comparison)
+    assert comparison.WITHOUT_T1CE == ("flair", "t1", "t2", "flair+t1", "flair+t2", "t1+t2")
+    subsets = {key: {"ET": 0.0, "TC": 0.0, "WT": 0.0} for key in
+               ("flair", "t1", "t1ce", "t2", "flair+t1", "flair+t1ce", "flair+t2", "t1+t1ce", "t1+t2", "t1ce+t2",
+                "flair+t1+t1ce", "flair+t1+t2", "flair+t1ce+t2", "t1+t1ce+t2", "flair+t1+t1ce+t2")}
+    subsets["flair+t1+t1ce+t2"] = {"ET": 0.6, "TC": 0.75, "WT": 0.9}
+    subsets["flair"] = {"ET": 0.3, "TC": 0.3, "WT": 0.6}  # mean 0.4, one of six -> 0.4 / 6
+    subsets["t1ce"] = {"ET": 0.9, "TC": 0.9, "WT": 0.9}  # has T1ce: not in the second figure
+    result = {"subsets": subsets, "average": {"ET": 0.1, "TC": 0.2, "WT": 0.3},
+              "hd95_average": {"ET": 10.0, "TC": 20.0, "WT": 30.0}, "cases": 3}
+    assert comparison.goal_figures(result) == pytest.approx((0.75, 0.4 / 6))
+    folder = tmp_path / "eval-a"
+    folder.mkdir()
+    (folder / "evaluation.json").write_text(json.dumps(result))
+    table = comparison.markdown(comparison.parse_runs([f"A={folder}", f"B={folder / 'evaluation.json'}"]))
+    assert "| A | 10.0 | 20.0 | 30.0 | 10.0 | 20.0 | 30.0 | 0.750 | 0.067 |" in table
+    assert "| flair+t1+t1ce+t2 | 60.0 | 75.0 | 90.0 | 60.0 | 75.0 | 90.0 |" in table
+    with pytest.raises(SystemExit, match="no evaluation.json"):
+        comparison.parse_runs([f"C={tmp_path}"])
