@@ -74,13 +74,54 @@ def make_split(cases: Sequence[CaseFiles], config: TrainConfig, method: Optional
     return {name: split[name] for name in ("validation", "election", "meta", "train")}
 
 
+def read_split_file(path: Path, cases: Sequence[CaseFiles]) -> Dict[str, List[str]]:
+    """A split given by the user (``lckd train --split FILE``, as nnU-Net's ``splits_final.json``):
+    JSON with ``train`` and ``validation`` lists of case names, and optionally ``election`` and
+    ``meta`` (absent: the training cases). Every name must be a labelled case of the data folder,
+    validation must not overlap the other sets, and no case may be named twice in one set."""
+    try:
+        given = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable JSON split file ({error})") from None
+    parts = ("validation", "election", "meta", "train")
+    if not isinstance(given, dict) or not set(given) <= set(parts) or "train" not in given \
+            or "validation" not in given:
+        found = sorted(given) if isinstance(given, dict) else type(given).__name__
+        raise InputError(f"{path}: a split file is a JSON object with the lists 'train' and 'validation' "
+                         f"(and optionally 'election', 'meta'); found {found}")
+    labelled = {case.name for case in cases if case.segmentation is not None}
+    split: Dict[str, List[str]] = {}
+    for part in parts:
+        names = given.get(part, given["train"] if part in ("election", "meta") else None)
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise InputError(f"{path}: '{part}' must be a list of case names")
+        if len(set(names)) != len(names):
+            raise InputError(f"{path}: '{part}' names a case twice")
+        unknown = sorted(set(names) - labelled)
+        if unknown:
+            raise InputError(f"{path}: '{part}' names case(s) that are not labelled cases of the data folder: "
+                             f"{', '.join(unknown[:5])}")
+        split[part] = sorted(names)
+    if not split["train"]:
+        raise InputError(f"{path}: 'train' is empty")
+    seen = set(split["validation"]) & set(split["train"] + split["election"] + split["meta"])
+    if seen:
+        raise InputError(f"{path}: validation case(s) also trained or selected on: {', '.join(sorted(seen)[:5])}")
+    return split
+
+
 def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainConfig,
-                       method: Optional[str] = None) -> Dict[str, List[str]]:
-    """The run's split (``split.json``), written once and reused on resume."""
+                       method: Optional[str] = None, split_file: Optional[Path] = None) -> Dict[str, List[str]]:
+    """The run's split (``split.json``), written once and reused on resume: the seeded
+    :func:`make_split`, or ``split_file`` (:func:`read_split_file`) when given."""
     path = run_dir / "split.json"
+    given = read_split_file(split_file, cases) if split_file is not None else None
     if path.is_file():
-        return json.loads(path.read_text())
-    split = make_split(cases, config, method)
+        saved = json.loads(path.read_text())
+        if given is not None and given != saved:
+            raise InputError(f"{split_file}: differs from the run's saved split ({path}); a run keeps its split")
+        return saved
+    split = given if given is not None else make_split(cases, config, method)
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(split, indent=2))
     return split
@@ -157,13 +198,13 @@ def load_cached(path: Path) -> CachedCase:
 
 
 def prepare_data(data_dir: Path, run_dir: Path, config: TrainConfig, cache_dir: Optional[Path] = None,
-                 normalisation: Optional[Normalisation] = None,
-                 method: Optional[str] = None) -> Tuple[Dict[str, List[str]], Path]:
-    """Discover cases, write the split (for ``method``, see :func:`make_split`) and fill the cache;
-    returns (split, folder of the cached cases)."""
+                 normalisation: Optional[Normalisation] = None, method: Optional[str] = None,
+                 split_file: Optional[Path] = None) -> Tuple[Dict[str, List[str]], Path]:
+    """Discover cases, write the split (for ``method``, see :func:`make_split`, or ``split_file``)
+    and fill the cache; returns (split, folder of the cached cases)."""
     normalisation = normalisation or Normalisation()
     cases = find_cases(data_dir)
-    split = load_or_make_split(run_dir, cases, config, method)
+    split = load_or_make_split(run_dir, cases, config, method, split_file)
     folder = cache_folder(cache_dir or run_dir / "cache", config.spacing_mm, normalisation)
     folder.mkdir(parents=True, exist_ok=True)
     by_name = {case.name: case for case in cases}
