@@ -29,8 +29,10 @@ from training.data import (
     cache_case,
     cache_folder,
     load_cached,
+    load_or_make_split,
     make_split,
     random_patch,
+    read_split_file,
 )
 from training.distributed import rank_batch_size
 from training.evaluation import EMPTY_HD95, dice, hd95
@@ -102,6 +104,45 @@ def test_split_with_selection_on_training_holds_out_validation_only():
     assert make_split(_case_files(3), config)["train"]  # 2 validation + 1 training case suffice
     with pytest.raises(Exception, match="train and validation"):
         make_split(_case_files(2), config)
+
+
+def test_split_file_is_checked_and_kept_by_the_run(tmp_path):
+    cases = _case_files(6)
+    given = tmp_path / "split.json"
+    given.write_text('{"validation": ["c05"], "train": ["c00", "c01", "c02"], "meta": ["c03"]}')
+    split = read_split_file(given, cases)
+    assert split == {"validation": ["c05"], "election": ["c00", "c01", "c02"], "meta": ["c03"],
+                     "train": ["c00", "c01", "c02"]}
+    run = tmp_path / "run"
+    run.mkdir()
+    assert load_or_make_split(run, cases, TrainConfig(), "lckd", given) == split
+    assert load_or_make_split(run, cases, TrainConfig(), "lckd") == split  # resume without the file
+    other = tmp_path / "other.json"
+    other.write_text('{"validation": ["c04"], "train": ["c00"]}')
+    with pytest.raises(Exception, match="differs from the run's saved split"):
+        load_or_make_split(run, cases, TrainConfig(), "lckd", other)
+    for text, message in (('{"train": ["c00"]}', "lists 'train' and 'validation'"),
+                          ('{"validation": [], "train": ["c00", "c99"]}', "not labelled cases.*c99"),
+                          ('{"validation": ["c00"], "train": ["c00", "c01"]}', "also trained.*c00"),
+                          ('{"validation": [], "train": ["c01", "c01"]}', "names a case twice"),
+                          ('{"validation": [], "train": []}', "'train' is empty"),
+                          ('{"validation": [], "train": "c00"}', "must be a list"),
+                          ("not json", "not a readable JSON")):
+        other.write_text(text)
+        with pytest.raises(Exception, match=message):
+            read_split_file(other, cases)
+
+
+def test_shipped_brats2018_split_names_disjoint_sets():
+    path = Path(__file__).resolve().parents[1] / "training" / "splits" / "brats2018-by-source.json"
+    names = [f"Brats18_{n}" for n in ("2013_3_1", "2013_11_1", "2013_23_1", "CBICA_ABM_1", "CBICA_ALU_1",
+                                      "CBICA_AQN_1", "TCIA01_378_1", "TCIA01_425_1", "TCIA01_499_1",
+                                      "TCIA02_370_1", "TCIA02_606_1", "TCIA03_265_1", "TCIA10_637_1",
+                                      "TCIA10_639_1")]
+    cases = [CaseFiles(name=n, folder=None, layout="brats2018", sequences={}, segmentation="seg") for n in names]
+    split = read_split_file(path, cases)
+    assert len(split["validation"]) == 3 and len(split["train"]) == 11
+    assert sorted(split["validation"] + split["train"]) == sorted(names)
 
 
 def in_memory_case(images: np.ndarray, labels: np.ndarray) -> CachedCase:
