@@ -225,7 +225,8 @@ def _tampered_model(source: Path, destination: Path, **changes) -> Path:
 @pytest.mark.parametrize("field, value", [("tile_size", [-32, 64, 64]), ("tile_size", ["32", 64, 64]),
                                           ("tile_size", [0, 64, 64]), ("spacing_mm", [0.0, 2.0, 2.0]),
                                           ("spacing_mm", ["2", 2, 2]), ("normalisation.histogram_bins", -5),
-                                          ("normalisation.name", "other"), ("network", "tiny")])
+                                          ("normalisation.name", "other"), ("network", "tiny"),
+                                          ("mirror_axes", [3]), ("mirror_axes", [1, 1]), ("mirror_axes", "x")])
 def test_a_tampered_model_card_names_the_field(write_case, tiny_model, tmp_path, capsys, field, value):
     files = write_case(("t1",))
     model = _tampered_model(tiny_model, tmp_path / "tampered.safetensors", **{field: value})

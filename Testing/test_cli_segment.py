@@ -62,6 +62,27 @@ def test_released_postprocessing_reads_t1ce_on_the_output_grid(write_case, tiny_
     assert (np.asarray(maps["released"].dataobj) == expected).all()
 
 
+def test_card_mirroring_is_applied_unless_no_tta(write_case, tmp_path, capsys):
+    """A card with mirror_axes averages the mirrored passes (progress counts every pass); --no-tta
+    gives exactly what the same weights give without mirroring in the card."""
+    from conftest import make_tiny_model_file
+
+    plain_model = make_tiny_model_file(tmp_path / "plain.safetensors", seed=3)
+    mirrored_model = make_tiny_model_file(tmp_path / "mirrored.safetensors", seed=3, mirror_axes=[2])
+    files = write_case(("flair", "t2"))
+    maps, totals = {}, {}
+    for name, model, extra in (("plain", plain_model, []), ("mirrored", mirrored_model, []),
+                               ("no-tta", mirrored_model, ["--no-tta"])):
+        out = tmp_path / f"{name}.nii.gz"
+        assert run_cli("segment", "--flair", files["flair"], "--t2", files["t2"], "-o", out, "--model", model,
+                       "--progress", "json", "--postprocess", "none", *extra) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        totals[name] = [e for e in events if e["event"] == "progress"][-1]["total"]
+        maps[name] = np.asarray(read(out).dataobj)
+    assert (maps["no-tta"] == maps["plain"]).all() and (maps["mirrored"] != maps["plain"]).any()
+    assert totals["mirrored"] == 2 * totals["plain"] == 2 * totals["no-tta"]
+
+
 def test_json_progress_and_brats2023_labels(write_case, tiny_model, tmp_path, capsys):
     files = write_case(("t2",))
     out = tmp_path / "t2only.nii.gz"

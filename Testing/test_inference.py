@@ -8,7 +8,13 @@ import copy
 import pytest
 import torch
 
-from lckd.inference import count_windows, cpu_has_native_bf16, inference_dtype, sliding_window_probabilities
+from lckd.inference import (
+    count_windows,
+    cpu_has_native_bf16,
+    inference_dtype,
+    mirror_flips,
+    sliding_window_probabilities,
+)
 from lckd.network import PRESETS, InferenceNorm, LCKDNet
 from lckd.sequences import all_subsets, presence_mask
 
@@ -33,6 +39,21 @@ def test_absent_sequence_reuse_equals_plain_path(model, subset):
     assert sum(tiles) == count_windows(images.shape[1:], TILE)
     assert fast.shape == (3, 40, 70, 90)
     assert float(fast.min()) >= 0.0 and float(fast.max()) <= 1.0
+
+
+def test_mirroring_averages_the_flipped_back_passes(model):
+    assert mirror_flips([]) == [()] and mirror_flips([2]) == [(), (2,)]
+    assert len(mirror_flips([2, 0, 1])) == 8 and mirror_flips([1, 0])[-1] == (0, 1)
+    torch.manual_seed(5)
+    images = torch.randn(4, 40, 70, 90)
+    present = presence_mask(("flair", "t1ce"))
+    tiles = []
+    mirrored = sliding_window_probabilities(model, images, present, TILE, mirror_axes=(0, 2), on_tile=tiles.append)
+    passes = [sliding_window_probabilities(model, images.flip(dims), present, TILE).flip(dims) if dims
+              else sliding_window_probabilities(model, images, present, TILE) for dims in ([], [1], [3], [1, 3])]
+    torch.testing.assert_close(mirrored, sum(passes) / 4, atol=1e-5, rtol=0)
+    assert (mirrored - passes[0]).abs().max() > 1e-3  # the tiny random network is not symmetric
+    assert sum(tiles) == 4 * count_windows(images.shape[1:], TILE)
 
 
 def test_count_windows_small_image_is_one_tile():

@@ -129,6 +129,22 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
                  "--device", "cpu", "--no-progress", "--postprocess", "et500"]) == 0
     post = json.loads((tmp_path / "post" / "evaluation.json").read_text())
     assert post["postprocess"] == "et500" and post["subsets"]["flair"]["WT"] == result["subsets"]["flair"]["WT"]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": ["Case_00", "Case_01"], "train": ["Case_02", "Case_03"]}))
+    assert main(["evaluate", "--data", str(t1ce_cases), "--split", str(split), "--model", str(model),
+                 "--out", str(tmp_path / "split"), "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "split" / "evaluation.json").read_text()) == result
+
+
+def test_a_given_split_is_trained_with(t1ce_cases, cache, tmp_path):
+    split = {"validation": ["Case_05"], "train": ["Case_00", "Case_01", "Case_02"], "election": ["Case_03"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    run = tmp_path / "run"
+    assert main(train_args(t1ce_cases, run, cache, "lckd", 2, "--split", str(tmp_path / "split.json"))) == 0
+    assert json.loads((run / "split.json").read_text()) == dict(split, meta=split["train"])
+    card = read_card(run / "model.safetensors")
+    assert card.training["cases"] == {"validation": 1, "election": 1, "meta": 3, "train": 3}
+    assert card.validation["cases"] == 1
 
 
 def _checkpoint_iteration(path: Path) -> int:

@@ -50,6 +50,10 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--postprocess", default="none", choices=POSTPROCESSING_RULES, metavar="RULE",
                           help="post-processing before scoring, as lckd segment --postprocess RULE: "
                                f"{', '.join(POSTPROCESSING_RULES)} (default none)")
+    evaluate.add_argument("--no-tta", action="store_true",
+                          help="skip the test-time mirroring the model card asks for (as lckd segment --no-tta)")
+    evaluate.add_argument("--split", type=Path, metavar="FILE",
+                          help="score only the 'validation' cases of this split file (as lckd train --split)")
     evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
@@ -107,7 +111,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lckd.model_file import load_model, save_model
     from lckd.preprocess import Normalisation
 
-    from .data import cache_case, cache_folder, load_cached
+    from .data import cache_case, cache_folder, load_cached, read_split_file
     from .evaluation import evaluate
     from .trainer import write_evaluation
 
@@ -116,6 +120,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
     found = find_cases(args.data)
     cases = [c for c in found if c.segmentation is not None]
+    if args.split is not None:
+        chosen = set(read_split_file(args.split, cases)["validation"])
+        if not chosen:
+            raise LCKDError(f"{args.split}: the split has no validation cases to evaluate")
+        cases, found = [c for c in cases if c.name in chosen], [c for c in found if c.name in chosen]
     if not cases:
         raise LCKDError(f"{args.data}: no labelled cases (…_seg.nii.gz) to evaluate on")
     unlabelled = [c.name for c in found if c.segmentation is None]
@@ -131,10 +140,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,
               file=sys.stderr) as bar:
         result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1),
-                          postprocess=args.postprocess)
+                          postprocess=args.postprocess, mirror_axes=[] if args.no_tta else card.mirror_axes)
     title = f"{card.name} on {len(prepared)} cases of {args.data.name}"
     if args.postprocess != "none":
         title += f", post-processed ({args.postprocess})"
+    if result["mirror_axes"]:
+        title += f", test-time mirroring along network axes {result['mirror_axes']}"
     write_evaluation(result, args.out, title=title)
     average = result["average"]
     sys.stdout.write(f"15-subset average Dice: ET {average['ET']:.3f}, TC {average['TC']:.3f}, "

@@ -56,11 +56,13 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
 @torch.no_grad()
 def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[int], spacing_mm: float,
              device: torch.device, subsets: Optional[Sequence[Sequence[str]]] = None,
-             on_step: Optional[Callable[[], None]] = None, postprocess: str = "none") -> Dict[str, object]:
+             on_step: Optional[Callable[[], None]] = None, postprocess: str = "none",
+             mirror_axes: Sequence[int] = ()) -> Dict[str, object]:
     """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...}``.
 
     ``postprocess`` is a rule of ``lckd segment --postprocess`` (:data:`lckd.postprocessing.RULES`),
-    applied on the evaluation grid (sizes in mL, so it means the same as on the output grid).
+    applied on the evaluation grid (sizes in mL, so it means the same as on the output grid);
+    ``mirror_axes`` the test-time mirroring of ``lckd segment`` (none by default).
     """
     was_training = model.training
     model.eval()
@@ -72,7 +74,8 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
         images = torch.from_numpy(np.array(case.images)).to(device)
         truth = regions_from_labels(case.labels)
         for subset in subsets:
-            probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size)
+            probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size,
+                                                         mirror_axes=mirror_axes)
             labels = labels_from_regions(probabilities.cpu().numpy())
             t1ce = case.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
             found = regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3, t1ce=t1ce))
@@ -90,4 +93,4 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
     average = {r: round(float(np.mean([table[k][r] for k in table])), 4) for r in REPORTED_REGIONS}
     hd_average = {r: round(float(np.mean([hd[k][r] for k in hd])), 2) for r in REPORTED_REGIONS}
     return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": len(cases),
-            "postprocess": postprocess}
+            "postprocess": postprocess, "mirror_axes": list(mirror_axes)}

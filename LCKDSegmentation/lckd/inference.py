@@ -9,6 +9,7 @@ and reused for every tile ("absent-sequence reuse"); :func:`sliding_window_proba
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -148,22 +149,40 @@ def _convolve(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias
     return F.conv3d(x, weight, conv.bias if bias else None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+def mirror_flips(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Every combination of the axes in ``mirror_axes`` (network axes 0-2), the empty one first:
+    the flips test-time mirroring averages over (nnU-Net's mirroring: 2^k passes)."""
+    axes = sorted(set(int(a) for a in mirror_axes))
+    return [combination for k in range(len(axes) + 1) for combination in itertools.combinations(axes, k)]
+
+
 @torch.no_grad()
 def sliding_window_probabilities(model: LCKDNet, images: torch.Tensor, present: Sequence[bool],
                                  tile_size: Sequence[int], overlap: float = OVERLAP, sw_batch_size: int = 1,
                                  reuse_absent: bool = True,
-                                 on_tile: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                                 on_tile: Optional[Callable[[int], None]] = None,
+                                 mirror_axes: Sequence[int] = ()) -> torch.Tensor:
     """Region probabilities ``(3, Z, Y, X)`` (float32, on the images' device) for ``images``
     ``(4, Z, Y, X)`` (absent channels may hold anything: they are zeroed). The network computes
     in its own dtype and layout (see :meth:`LCKDNet.freeze_for_inference`).
 
-    ``on_tile(n)`` is called after every batch of ``n`` tiles, for progress reporting.
+    With ``mirror_axes`` the probabilities are the average over the case mirrored along every
+    combination of those axes (:func:`mirror_flips`), each flipped back: test-time mirroring, as
+    nnU-Net does, for a network trained with random flips along them. ``on_tile(n)`` is called
+    after every batch of ``n`` tiles, for progress reporting (each pass visits every tile).
     """
     device = images.device
     mask = torch.tensor(present, dtype=images.dtype, device=device).view(-1, 1, 1, 1)
     batch = (images * mask).unsqueeze(0)
     predictor = TilePredictor(model, present, reuse_absent, on_tile)
-    probabilities = sliding_window_inference(batch, roi_size=tuple(int(t) for t in tile_size),
-                                             sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
-                                             mode="constant", padding_mode="constant", cval=0.0)
-    return probabilities.float()[0]
+    flips = mirror_flips(mirror_axes)
+    total = None
+    for flip in flips:
+        dims = [axis + 2 for axis in flip]
+        probabilities = sliding_window_inference(batch.flip(dims) if dims else batch,
+                                                 roi_size=tuple(int(t) for t in tile_size),
+                                                 sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
+                                                 mode="constant", padding_mode="constant", cval=0.0).float()[0]
+        probabilities = probabilities.flip([d - 1 for d in dims]) if dims else probabilities
+        total = probabilities if total is None else total.add_(probabilities)
+    return total / len(flips) if len(flips) > 1 else total

@@ -41,6 +41,8 @@ class ModelCard:
     importance: Optional[Dict[str, float]] = None
     validation: Optional[Dict[str, Any]] = None
     postprocessing: str = ""  # the rule `lckd segment` applies by default (lckd.postprocessing.RULES); "" none
+    # network axes (0 z, 1 y, 2 x) that test-time mirroring flips by default (lckd.inference.mirror_flips)
+    mirror_axes: List[int] = field(default_factory=list)
     training: Dict[str, Any] = field(default_factory=dict)
     name: str = "unnamed"
     description: str = ""
@@ -108,6 +110,9 @@ def _check_fields(card: ModelCard, source: str) -> None:
     for name in ("preset", "method", "name", "description", "postprocessing", "axis_order"):
         if not isinstance(getattr(card, name), str):
             refuse(name, getattr(card, name), "a text")
+    if not isinstance(card.mirror_axes, list) or len(set(card.mirror_axes)) != len(card.mirror_axes) or \
+            not all(_is_int(v) and 0 <= v <= 2 for v in card.mirror_axes):
+        refuse("mirror_axes", card.mirror_axes, "a list of distinct network axes 0, 1, 2")
     if card.axis_order != "zyx-ras":
         refuse("axis_order", card.axis_order, "'zyx-ras'")
     for name in ("network", "normalisation", "training"):

@@ -18,6 +18,7 @@ from .inference import (
     count_windows,
     cpu_has_native_bf16,
     inference_dtype,
+    mirror_flips,
     resolve_device,
     sliding_window_probabilities,
 )
@@ -66,7 +67,8 @@ class Segmenter:
     """Loads a model once; segments cases given as files or volumes."""
 
     def __init__(self, model_path: PathLike, device: str = "auto", precision: str = "auto",
-                 reuse_absent: bool = True, sw_batch_size: int = 1) -> None:
+                 reuse_absent: bool = True, sw_batch_size: int = 1, mirroring: bool = True) -> None:
+        """``mirroring`` False turns off the test-time mirroring the model card asks for."""
         self.device = resolve_device(device)
         self.dtype = inference_dtype(self.device, precision)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
@@ -78,6 +80,7 @@ class Segmenter:
         self.card: ModelCard = card
         self.reuse_absent = reuse_absent
         self.sw_batch_size = sw_batch_size
+        self.mirror_axes = list(card.mirror_axes) if mirroring else []
         self.normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
 
     def segment_files(self, files: Mapping[str, PathLike], reference: Optional[str] = None,
@@ -138,11 +141,12 @@ class Segmenter:
         present = prepared.present
         missing = [SEQUENCE_TITLES[s] for s, p in zip(SEQUENCES, present) if not p]
         reporter.stage("infer", "segmenting" + (f" (missing: {', '.join(missing)})" if missing else ""))
-        reporter.start_tiles(count_windows(prepared.images.shape[1:], self.card.tile_size))
+        reporter.start_tiles(count_windows(prepared.images.shape[1:], self.card.tile_size)
+                             * len(mirror_flips(self.mirror_axes)))
         images = torch.from_numpy(prepared.images).to(self.device)
         probabilities = sliding_window_probabilities(
             self.model, images, present, self.card.tile_size, sw_batch_size=self.sw_batch_size,
-            reuse_absent=self.reuse_absent, on_tile=reporter.advance)
+            reuse_absent=self.reuse_absent, on_tile=reporter.advance, mirror_axes=self.mirror_axes)
         probabilities = probabilities.cpu().numpy()
         seconds["infer"] = time.perf_counter() - clock
 
