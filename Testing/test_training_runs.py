@@ -134,6 +134,13 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
     assert main(["evaluate", "--data", str(t1ce_cases), "--split", str(split), "--model", str(model),
                  "--out", str(tmp_path / "split"), "--device", "cpu", "--no-progress"]) == 0
     assert json.loads((tmp_path / "split" / "evaluation.json").read_text()) == result
+    assert main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "mirrored"),
+                 "--device", "cpu", "--no-progress", "--mirror-axes", "2,0"]) == 0
+    mirrored = json.loads((tmp_path / "mirrored" / "evaluation.json").read_text())
+    assert mirrored["mirror_axes"] == [2, 0] and mirrored["subsets"] != result["subsets"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "x"),
+              "--mirror-axes", "3"])
 
 
 def test_a_given_split_is_trained_with(t1ce_cases, cache, tmp_path):

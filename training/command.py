@@ -50,13 +50,27 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--postprocess", default="none", choices=POSTPROCESSING_RULES, metavar="RULE",
                           help="post-processing before scoring, as lckd segment --postprocess RULE: "
                                f"{', '.join(POSTPROCESSING_RULES)} (default none)")
-    evaluate.add_argument("--no-tta", action="store_true",
-                          help="skip the test-time mirroring the model card asks for (as lckd segment --no-tta)")
+    evaluate.add_argument("--mirror-axes", type=_mirror_axes, default="model", metavar="AXES",
+                          help="test-time mirroring: model (default: the model card's axes, as lckd segment), "
+                               "none (as lckd segment --no-tta), or network axes to flip, e.g. 2 or 0,1,2")
     evaluate.add_argument("--split", type=Path, metavar="FILE",
                           help="score only the 'validation' cases of this split file (as lckd train --split)")
     evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
+
+
+def _mirror_axes(text: str):
+    """argparse type of ``--mirror-axes``: ``model``, ``none`` or distinct network axes 0-2."""
+    if text in ("model", "none"):
+        return text
+    try:
+        axes = [int(a) for a in text.split(",")]
+    except ValueError:
+        axes = []
+    if not axes or len(set(axes)) != len(axes) or not all(0 <= a <= 2 for a in axes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give model, none, or distinct axes of 0, 1, 2 (e.g. 0,1,2)")
+    return axes
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -137,10 +151,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cache = cache_folder(args.out / "cache", card.spacing_mm[0], normalisation)
     cache.mkdir(parents=True, exist_ok=True)
     prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]
+    mirror_axes = card.mirror_axes if args.mirror_axes == "model" else [] if args.mirror_axes == "none" \
+        else args.mirror_axes
     with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,
               file=sys.stderr) as bar:
         result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1),
-                          postprocess=args.postprocess, mirror_axes=[] if args.no_tta else card.mirror_axes)
+                          postprocess=args.postprocess, mirror_axes=mirror_axes)
     title = f"{card.name} on {len(prepared)} cases of {args.data.name}"
     if args.postprocess != "none":
         title += f", post-processed ({args.postprocess})"
