@@ -25,7 +25,8 @@ import torch
 import torch.multiprocessing as mp
 
 from lckd.cli import main
-from lckd.model_file import load_model, read_card
+from lckd.errors import LCKDError
+from lckd.model_file import ModelCard, load_model, read_card, save_model
 from lckd.network import LCKDNet, network_config
 from lckd.sequences import SEQUENCES
 from training import trainer as trainer_module
@@ -141,6 +142,32 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "x"),
               "--mirror-axes", "3"])
+
+
+def test_init_starts_from_a_model_files_weights_and_guards_its_validation(trained, t1ce_cases, cache, tmp_path):
+    start = trained / "model.safetensors"
+    run = tmp_path / "run"
+    # learning rate 0: the run's weights stay the ones it started from
+    assert main(train_args(t1ce_cases, run, cache, "baseline", 2, "--init", str(start),
+                           "--set", "learning_rate=0")) == 0
+    before, _ = load_model(start)
+    after, card = load_model(run / "model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    assert card.training["init"]["file"] == "model.safetensors" and len(card.training["init"]["sha256"]) == 64
+    assert json.loads((run / "config.json").read_text())["init"] == card.training["init"]
+    assert card.training["validation_cases"] == json.loads((run / "split.json").read_text())["validation"]
+    leaked = read_card(start).training["training_cases"][0]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": [leaked], "train": ["Case_05"]}))
+    with pytest.raises(LCKDError, match=f"trained on this run's validation case.*{leaked}"):
+        Trainer(PRESETS["tiny"], "lckd", t1ce_cases, tmp_path / "leak", device="cpu", cache_dir=cache,
+                split_file=split, init_file=start)
+    other = LCKDNet(network_config("demo"))
+    demo = save_model(tmp_path / "demo.safetensors", other, ModelCard(preset="demo", network=other.config.to_dict(),
+                                                                      tile_size=[32, 64, 64]))
+    with pytest.raises(LCKDError, match="--init needs a model of this run's network"):
+        Trainer(PRESETS["tiny"], "lckd", t1ce_cases, tmp_path / "other", device="cpu", cache_dir=cache,
+                init_file=demo)
 
 
 def test_a_given_split_is_trained_with(t1ce_cases, cache, tmp_path):

@@ -31,6 +31,9 @@ def add_training_commands(subparsers) -> None:
                        help="continue the run in RUN_DIR from its last checkpoint, with its saved settings")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda (each torchrun process takes its GPU)")
     train.add_argument("--cache", type=Path, metavar="DIR", help="preprocessing cache (default RUN_DIR/cache)")
+    train.add_argument("--init", type=Path, metavar="FILE",
+                       help="start from this model file's weights (same network; none of its training cases may be "
+                            "among this run's validation cases)")
     train.add_argument("--split", type=Path, metavar="FILE",
                        help="the split to use instead of the seeded one: JSON with lists 'train' and 'validation' "
                             "(optionally 'election', 'meta'; absent: the training cases) of case names")
@@ -92,7 +95,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = None  # resume with the run's saved settings
     command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     trainer = Trainer(config, args.method, args.data, args.out, device=args.device, resume=args.resume,
-                      command=command, cache_dir=args.cache, progress=not args.no_progress, split_file=args.split)
+                      command=command, cache_dir=args.cache, progress=not args.no_progress, split_file=args.split,
+                      init_file=args.init)
     path = trainer.run()
     if trainer.context.is_main:
         sys.stdout.write(f"model written to {path}\n")

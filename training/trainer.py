@@ -132,7 +132,7 @@ class Trainer:
 
     def __init__(self, config: Optional[TrainConfig], method: str, data_dir: Path, run_dir: Path, device: str = "auto",
                  resume: bool = False, command: str = "", cache_dir: Optional[Path] = None,
-                 progress: bool = True, split_file: Optional[Path] = None) -> None:
+                 progress: bool = True, split_file: Optional[Path] = None, init_file: Optional[Path] = None) -> None:
         if method not in METHODS:
             raise LCKDError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         self.method, self.data_dir, self.run_dir = method, Path(data_dir), Path(run_dir)
@@ -143,6 +143,7 @@ class Trainer:
             config = replace(config, kd_weight=0.0)
         if config is not None and method == "lckd" and config.lckd_foreground_fraction >= 0:
             config = replace(config, foreground_fraction=config.lckd_foreground_fraction)
+        self.init = _describe_init(init_file) if init_file is not None else None
         self.config = self._settle_config(config, resume)
         rank_batch_size(self.config.batch_size, self.context.world_size)  # refuses a batch the ranks cannot split
         self.normalisation = Normalisation()
@@ -164,6 +165,8 @@ class Trainer:
         self.iteration = 0
         self.last_meta_iteration = -1
         self.augmentation = make_augmentation(self.config)
+        if self.init is not None:
+            self._initialise_from(init_file)
         if resume:
             self._restore()
 
@@ -175,6 +178,9 @@ class Trainer:
         path = self.run_dir / "config.json"
         if resume and path.is_file():
             saved = json.loads(path.read_text())
+            if self.init is not None and saved.get("init") != self.init:
+                raise LCKDError(f"{path}: --init differs from the run's saved start ({saved.get('init')})")
+            self.init = saved.get("init")
             if saved.get("method") != self.method:
                 raise LCKDError(f"{path}: this run was trained with --method {saved.get('method')}, "
                                 f"not {self.method}")
@@ -193,8 +199,23 @@ class Trainer:
         if self.context.is_main:
             with atomic_path(path) as temporary:
                 temporary.write_text(json.dumps({"method": self.method, "config": config.to_dict(),
-                                                 "command": self.command}, indent=2))
+                                                 "command": self.command, "init": self.init}, indent=2))
         return config
+
+    def _initialise_from(self, path: Path) -> None:
+        """Start from the weights of model file ``path`` (``--init``): the same network, and none of
+        its training cases among this run's validation cases."""
+        from lckd.model_file import load_model
+
+        model, card = load_model(path)
+        if model.config != self.net.config:
+            raise LCKDError(f"{path}: --init needs a model of this run's network ({self.config.network}); "
+                            f"its card says preset {card.preset!r}")
+        seen = sorted(set(card.training.get("training_cases") or []) & set(self.split["validation"]))
+        if seen:
+            raise LCKDError(f"{path}: --init model was trained on this run's validation case(s) "
+                            f"{', '.join(seen[:5])}; their scores would not be on unseen cases")
+        self.net.load_state_dict(model.state_dict())
 
     def _restore(self) -> None:
         state = load_checkpoint(self.run_dir)
@@ -377,11 +398,24 @@ class Trainer:
     def _provenance(self) -> Dict[str, object]:
         return {"command": self.command, "data": str(self.data_dir.name),
                 "cases": {part: len(names) for part, names in self.split.items()},
+                "validation_cases": list(self.split["validation"]), "training_cases": list(self.split["train"]),
+                "init": self.init,
                 "iterations": self.iteration, "preset": self.config.preset, "config": self.config.to_dict(),
                 "seed": self.config.seed,
                 "git_commit": _git_commit(), "torch": torch.__version__, "world_size": self.context.world_size,
                 "device": self.context.device.type,
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def _describe_init(path: Path) -> Dict[str, str]:
+    """What ``--init FILE`` started from: the file's name, SHA-256 and card name (for the provenance)."""
+    import hashlib
+
+    from lckd.model_file import read_card
+
+    path = Path(path)
+    card = read_card(path)
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "name": card.name}
 
 
 def write_evaluation(result: Dict[str, object], out_dir: Path, title: str = "") -> None:

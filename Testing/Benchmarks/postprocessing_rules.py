@@ -1,11 +1,11 @@
 """Choose the post-processing rule by measurement: Dice and HD95 of each rule and speck threshold,
 15-subset averages over labelled cases (the real validation cases in Training.md).
 
-The network runs once per case and subset; every rule is applied to the same label map on the
-working grid, as ``lckd evaluate --postprocess RULE`` does.
+The network runs once per case and subset (with the model card's test-time mirroring); every rule
+is applied to the same label map on the working grid, as ``lckd evaluate --postprocess RULE`` does.
 
     python Testing/Benchmarks/postprocessing_rules.py --model M.safetensors --data ../shared/data/brats2018 \\
-        --cases Brats18_2013_11_1 Brats18_2013_3_1 Brats18_CBICA_ABM_1 --out postprocessing.json
+        --split training/splits/brats2018-by-source.json --out postprocessing.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lckd.model_file import load_model
 from lckd.postprocessing import drop_small_components, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES, all_subsets, presence_mask
-from training.data import cache_case, cache_folder, load_cached
+from training.data import cache_case, cache_folder, load_cached, read_split_file
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 SPECK_THRESHOLDS_ML = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -50,14 +50,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cases", nargs="*", help="case names (default: every labelled case of --data)")
+    parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
     parser.add_argument("--out", type=Path, required=True, help="JSON file with the table")
     args = parser.parse_args()
     model, card = load_model(args.model, device="cpu")
     model.eval()
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
     spacing = card.spacing_mm[0]
-    cases = [case for case in find_cases(args.data)
-             if case.segmentation is not None and (not args.cases or case.name in args.cases)]
+    cases = [case for case in find_cases(args.data) if case.segmentation is not None]
+    chosen = set(args.cases or []) | set(read_split_file(args.split, cases)["validation"] if args.split else [])
+    cases = [case for case in cases if not chosen or case.name in chosen]
     rules = variants(spacing ** 3)
     sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}
     runs = 0
@@ -70,7 +72,8 @@ def main() -> None:
             truth = regions_from_labels(prepared.labels)
             for subset in all_subsets():
                 with torch.no_grad():
-                    probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size)
+                    probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size,
+                                                                 mirror_axes=card.mirror_axes)
                 labels = labels_from_regions(probabilities.numpy())
                 runs += 1
                 t1ce = prepared.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
@@ -83,7 +86,7 @@ def main() -> None:
             print(f"{case.name}: done", flush=True)
     table = {name: {key: round(value / runs, 4) for key, value in scores.items()} for name, scores in sums.items()}
     args.out.write_text(json.dumps({"model": card.name, "cases": [c.name for c in cases], "runs": runs,
-                                    "table": table}, indent=2))
+                                    "mirror_axes": card.mirror_axes, "table": table}, indent=2))
     header = ["rule"] + list(next(iter(table.values())))
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, scores in table.items():
