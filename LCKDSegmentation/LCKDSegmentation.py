@@ -1,6 +1,5 @@
-"""LCKDSegmentation: brain-tumour segmentation from any subset of FLAIR, T1, T1ce and T2. The classes Slicer
-discovers only wire Slicer to ``LCKDSegmentationLib`` (no Qt, tested outside Slicer); ``lckd segment`` runs in
-its own ``PythonSlicer`` process, so torch never enters the application's."""
+"""LCKDSegmentation: brain-tumour segmentation from any subset of FLAIR, T1, T1ce, T2. These classes only wire Slicer
+to ``LCKDSegmentationLib`` (no Qt); ``lckd segment`` runs in its own ``PythonSlicer`` process, so torch stays out."""
 
 import logging
 from typing import Optional
@@ -61,6 +60,7 @@ class LCKDSegmentationParameterNode:
     brats2023Labels: bool = False
     postprocess: bool = False
     preprocess: bool = False
+    skipMirroring: bool = False
 
 
 class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -508,7 +508,7 @@ def test_ui_file_has_every_widget_the_module_uses_and_binds_the_parameter_node()
         if isinstance(node, ast.ClassDef) and node.name == "LCKDSegmentationParameterNode":
             fields = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
     assert bound == fields == {"flairVolume", "t1Volume", "t1ceVolume", "t2Volume", "outputSegmentation",
-                               "brats2023Labels", "postprocess", "preprocess"}
+                               "brats2023Labels", "postprocess", "preprocess", "skipMirroring"}
 
 
 def test_module_file_has_the_four_classes_and_imports_nothing_heavy():

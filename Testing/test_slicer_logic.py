@@ -360,7 +360,7 @@ def test_fake_segmenter_run_reports_progress_and_imports(case, fake_logic, tiny_
     pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     assert pairs["--reference"] == "flair" and pairs["--progress"] == "json" and pairs["--device"] == "cpu"
     assert pairs["--model"] == str(tiny_model_path.resolve()) and pairs["--threads"] == "1"
-    assert "--postprocess" in args and pairs["--labels"] == "brats2018"
+    assert "--postprocess" in args and pairs["--labels"] == "brats2018" and "--no-tta" not in args
     fractions = [fraction for fraction, _ in reported]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert "reading" in [message for _, message in reported]

@@ -628,6 +628,7 @@ def test_logic_class_and_parameter_node(harness):
     logic = module.LCKDSegmentationLogic()
     parameters = logic.getParameterNode()
     assert parameters.brats2023Labels is False and parameters.postprocess is False and parameters.preprocess is False
+    assert parameters.skipMirroring is False
     assert logic.getParameterNode().parameterNode is parameters.parameterNode
     summary = logic.implementation.modelSummary(MODULE / "Resources" / "Models" / "lckd-phantom-demo.safetensors")
     assert summary.name == "lckd-phantom-demo"
@@ -748,18 +749,19 @@ def test_exit_disconnects_the_gui_and_never_connects_it_twice(harness, monkeypat
     assert [node for node, _tag in GUI["live"]][-1] == widget._parameterNode.parameterNode.GetID()
 
 
-def test_preprocess_checkbox_passes_preprocess_to_the_segmenter(harness, monkeypatch, tmp_path):
+@pytest.mark.parametrize("parameter, flag", [("preprocess", "--preprocess"), ("skipMirroring", "--no-tta")])
+def test_option_checkboxes_pass_their_flag_to_the_segmenter(harness, monkeypatch, tmp_path, parameter, flag):
     module, scene, dialogs, state = harness
     add_case(scene)
     widget = make_widget(module, state)
     widget.enter()
     monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
     for checked in (False, True):
-        widget._parameterNode.preprocess = checked
+        setattr(widget._parameterNode, parameter, checked)
         widget.ui.segmentButton.click()
         run_until_done(widget)
         arguments = json.loads((tmp_path / "record.json").read_text())["args"]
-        assert ("--preprocess" in arguments) is checked
+        assert (flag in arguments) is checked
 
 
 def test_sample_data_is_registered_with_load_file_types(harness):

@@ -54,6 +54,8 @@ class SegmentationOptions:
     postprocess: bool = False
     #: co-register and skull-strip raw scans first (``lckd segment --preprocess``)
     preprocess: bool = False
+    #: skip the test-time mirroring the model card asks for (``lckd segment --no-tta``)
+    skipMirroring: bool = False
     threads: Optional[int] = None
     reference: Optional[str] = None
 
@@ -147,6 +149,8 @@ class LCKDSegmentationLogic:
             command.append("--postprocess")
         if options.preprocess:
             command.append("--preprocess")
+        if options.skipMirroring:
+            command.append("--no-tta")
         if options.threads:
             command += ["--threads", str(int(options.threads))]
         return command

@@ -87,7 +87,8 @@ class PanelController:
                           device: Optional[str] = None) -> bool:
         """Packages, model file (downloaded after consent), options, start; True when a job runs.
 
-        ``parameters``: the parameter node (volume slots, brats2023Labels, postprocess, preprocess).
+        ``parameters``: the parameter node (volume slots, brats2023Labels, postprocess, preprocess,
+        skipMirroring).
         """
         if not self.ensureDependencies():
             self.log(_("Python packages are missing; nothing was done."))
@@ -98,7 +99,8 @@ class PanelController:
         options = SegmentationOptions(
             modelPath=Path(modelPath), device=device or DEVICES[max(deviceIndex, 0)],
             labels="brats2023" if parameters.brats2023Labels else "brats2018",
-            postprocess=bool(parameters.postprocess), preprocess=bool(parameters.preprocess))
+            postprocess=bool(parameters.postprocess), preprocess=bool(parameters.preprocess),
+            skipMirroring=bool(parameters.skipMirroring))
         error = self.run.start(self.selected(parameters), options)
         if error:
             self.dialogs.errorDisplay(error)
