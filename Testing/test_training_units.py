@@ -133,16 +133,21 @@ def test_split_file_is_checked_and_kept_by_the_run(tmp_path):
             read_split_file(other, cases)
 
 
-def test_shipped_brats2018_split_names_disjoint_sets():
-    path = Path(__file__).resolve().parents[1] / "training" / "splits" / "brats2018-by-source.json"
+def test_shipped_brats2018_splits_name_disjoint_sets():
+    splits = Path(__file__).resolve().parents[1] / "training" / "splits"
     names = [f"Brats18_{n}" for n in ("2013_3_1", "2013_11_1", "2013_23_1", "CBICA_ABM_1", "CBICA_ALU_1",
                                       "CBICA_AQN_1", "TCIA01_378_1", "TCIA01_425_1", "TCIA01_499_1",
                                       "TCIA02_370_1", "TCIA02_606_1", "TCIA03_265_1", "TCIA10_637_1",
                                       "TCIA10_639_1")]
     cases = [CaseFiles(name=n, folder=None, layout="brats2018", sequences={}, segmentation="seg") for n in names]
-    split = read_split_file(path, cases)
-    assert len(split["validation"]) == 3 and len(split["train"]) == 11
-    assert sorted(split["validation"] + split["train"]) == sorted(names)
+    for name in ("brats2018-by-source.json", "brats2018-seed0.json"):
+        split = read_split_file(splits / name, cases)
+        assert len(split["validation"]) == 3 and len(split["train"]) == 11
+        assert sorted(split["validation"] + split["train"]) == sorted(names)
+    # the seed-0 file is what --preset brats-cpu's seeded split gives (the shipped model's split)
+    seeded = make_split(cases, PRESETS["brats-cpu"], "lckd")
+    assert {part: seeded[part] for part in ("validation", "train")} == \
+        {part: split[part] for part in ("validation", "train")}
 
 
 def in_memory_case(images: np.ndarray, labels: np.ndarray) -> CachedCase:
