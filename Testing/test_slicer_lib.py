@@ -109,6 +109,19 @@ def test_model_summary_refuses_other_files(tmp_path):
             _headerCard(path)
 
 
+def test_a_header_length_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The v0.2.1 default model's header is 0x3f80 bytes long, so its first byte is pickle's PROTO opcode."""
+    path, description = tmp_path / "m.safetensors", ""
+    for _ in range(40):  # the header grows in steps of 8 (safetensors pads it): at most 32 steps to 0x80
+        make_tiny_model_file(path, description=description)
+        if path.read_bytes()[0] == 0x80:
+            break
+        description += "x" * 8
+    assert path.read_bytes()[0] == 0x80
+    assert _headerCard(path)["description"] == description
+    assert readModelSummary(path).description == description
+
+
 def test_expectation_text_shows_the_cost_of_missing_sequences(tmp_path):
     path = make_tiny_model_file(tmp_path / "m.safetensors", validation=syntheticValidationTable(),
                                 importance={"flair": 0.4, "t1": 0.1, "t1ce": 0.3, "t2": 0.2},

@@ -26,6 +26,7 @@ CARD_KEY = "lckd_model_card"  # lckd.model_file.CARD_KEY (a test keeps them equa
 CARD_FORMAT = "lckd-model"
 REGION_ORDER = ("ET", "TC", "WT")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 @dataclass
@@ -55,7 +56,8 @@ def _headerCard(path: Path) -> Dict[str, Any]:
         raise ModelFileError(f"{path}: model file not found")
     with open(path, "rb") as handle:
         head = handle.read(8)
-        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        # a pickle starts with PROTO (0x80) and its protocol, 2-5; a safetensors header length may start with 0x80
+        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS):
             raise ModelFileError(f"{path}: this is a pickle or a PyTorch checkpoint, not an LCKD model; "
                                  f"pickled files are never loaded (LCKD models are .safetensors files)")
         if len(head) < 8:
