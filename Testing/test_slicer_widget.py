@@ -34,6 +34,7 @@ from test_slicer_logic import RAS_2MM, add_volume, write_fake_library  # noqa: E
 
 from conftest import make_tiny_model_file, synthetic_head  # noqa: E402
 from lckd.errors import ModelFileError  # noqa: E402
+from lckd.model_file import read_card  # noqa: E402
 from LCKDSegmentationLib import modelCatalog  # noqa: E402
 from LCKDSegmentationLib.selfTest import sceneSnapshot, syntheticValidationTable  # noqa: E402
 
@@ -495,7 +496,9 @@ def test_widget_assigns_refuses_and_explains(harness):
     assigned = {sequence: getattr(parameters, name) for sequence, _, name in module.SLOTS}
     assert assigned == volumes
     assert ui.segmentButton.enabled is True and ui.segmentButton.text == "Segment"
-    assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: ET 0.59, TC 0.70")
+    expected = read_card(modelCatalog.localPath(modelCatalog.loadCatalog()[0])).expected_dice("flair+t1+t1ce+t2")
+    assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: "
+                                               f"ET {expected['ET']:.2f}, TC {expected['TC']:.2f}")
     assert "Elected teachers" in ui.modelInfoLabel.text
 
     parameters.t2Volume = volumes["flair"]  # one volume in two slots
