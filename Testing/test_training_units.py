@@ -255,6 +255,13 @@ def test_schedule_and_subsets():
     assert set(meta) == {1, 2, 3, 4}
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_configuration_its_network_can_train(name):
+    config = build_config(name, {})  # check_config: the tile is a multiple of the network's down-sampling
+    assert config.preset == name and config.network in NETWORKS
+    assert config.stage1_iterations <= config.iterations
+
+
 def test_overrides_are_typed_and_checked():
     values = parse_overrides(["learning_rate=0.005", "tile_size=48,64,64", "augment=false", "batch_size=4"])
     assert values == {"learning_rate": 0.005, "tile_size": (48, 64, 64), "augment": False, "batch_size": 4}

@@ -23,8 +23,8 @@ def add_training_commands(subparsers) -> None:
     train.add_argument("--method", choices=METHODS, required=True)
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="paper (the papers' settings; default), paper-protocol (the papers' data protocol: no "
-                            "local validation), brats-cpu (the shipped real-data model on a 2-core CPU), phantom "
-                            "(the phantom demo model), tiny (tests)")
+                            "local validation), brats-cpu (the 14 real BraTS cases on a 2-core CPU), brats-gpu (the "
+                            "same on one GPU), phantom (the phantom demo model), tiny (tests)")
     train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
     train.add_argument("--iterations", type=int, metavar="N", help="total iterations (stage 1 scales with it)")
     train.add_argument("--resume", action="store_true",

@@ -1,4 +1,4 @@
-"""Training settings: presets (`paper`, `paper-protocol`, `brats-cpu`, `phantom`, `tiny`), command-line
+"""Training settings: presets (`paper`, `paper-protocol`, `brats-cpu`, `brats-gpu`, `phantom`, `tiny`), command-line
 overrides, saved with the run.
 
 Every setting added after runs were started has a dataclass default that reproduces the behaviour
@@ -109,6 +109,12 @@ PRESETS: Dict[str, TrainConfig] = {
                              meta_every_stage2=250, meta_steps=5, checkpoint_every=100, validate_every=1400,
                              validation_cases=0, elastic_probability=0.2, num_workers=1, validation_fraction=0.2,
                              selection_on_training=True),
+    # the same cases on one GPU in minutes: the `medium` network, larger tiles and batch, the fast chain
+    "brats-gpu": TrainConfig(preset="brats-gpu", network="medium", tile_size=(64, 96, 96), spacing_mm=2.0,
+                             batch_size=4, stage1_iterations=3200, iterations=8000, election_every=1000,
+                             meta_every_stage1=100, meta_every_stage2=250, meta_steps=5, checkpoint_every=250,
+                             validate_every=2000, validation_cases=0, augmentation="fast", elastic_probability=0.2,
+                             num_workers=12, validation_fraction=0.2, selection_on_training=True),
     "tiny": TrainConfig(preset="tiny", network="tiny", tile_size=(32, 64, 64), spacing_mm=3.0, batch_size=2,
                         stage1_iterations=4, iterations=8, election_every=4, meta_every_stage1=2,
                         meta_every_stage2=4, meta_steps=2, checkpoint_every=2, validate_every=8,
