@@ -20,10 +20,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_tiny_model_file
-from lckd.model_file import CARD_KEY, read_card
+from lckd.model_file import CARD_KEY, PICKLE_PROTOCOLS, read_card
 from lckd.sequences import SEQUENCES, all_subsets, subset_key
 from LCKDSegmentationLib import dependencies, modelCatalog, sampleData
 from LCKDSegmentationLib.modelCard import CARD_KEY as LIB_CARD_KEY
+from LCKDSegmentationLib.modelCard import PICKLE_PROTOCOLS as LIB_PICKLE_PROTOCOLS
 from LCKDSegmentationLib.modelCard import _headerCard, expectationText, modelText, readModelSummary
 from LCKDSegmentationLib.segmenterProcess import SegmenterProcess
 from LCKDSegmentationLib.selfTest import syntheticValidationTable
@@ -89,7 +90,7 @@ def test_model_summary_matches_lckd_read_card_and_the_header_reader():
         card.name, card.method, card.preset, card.teachers, card.validation)
     header = _headerCard(DEMO_MODEL)
     assert header["name"] == card.name and header["validation"] == card.validation
-    assert LIB_CARD_KEY == CARD_KEY
+    assert LIB_CARD_KEY == CARD_KEY and LIB_PICKLE_PROTOCOLS == PICKLE_PROTOCOLS
     for subset in all_subsets():
         assert summary.expectedDice(subset) == card.expected_dice(subset_key(subset))
 

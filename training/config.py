@@ -90,6 +90,12 @@ PAPER = TrainConfig(preset="paper", lr_schedule="released", meta_batch_size=1, m
                     importance_init="rand", lckd_foreground_fraction=0.375, augmentation="released",
                     validation_cases=10, validation_subsets=5)
 
+BRATS_CPU = TrainConfig(preset="brats-cpu", network="small", tile_size=(48, 64, 64), spacing_mm=2.0,
+                        stage1_iterations=2800, iterations=7000, election_every=700, meta_every_stage1=100,
+                        meta_every_stage2=250, meta_steps=5, checkpoint_every=100, validate_every=1400,
+                        validation_cases=0, elastic_probability=0.2, num_workers=1, validation_fraction=0.2,
+                        selection_on_training=True)
+
 PRESETS: Dict[str, TrainConfig] = {
     # the papers' settings as the authors' code runs them (Training.md lists each value)
     "paper": PAPER,
@@ -104,17 +110,11 @@ PRESETS: Dict[str, TrainConfig] = {
                            validate_every=400, validation_cases=2, elastic_probability=0.0, num_workers=0,
                            min_held_out=2),
     # the shipped real-data model: 14 BraTS 2018 cases on a 2-core CPU in about two hours (Training.md)
-    "brats-cpu": TrainConfig(preset="brats-cpu", network="small", tile_size=(48, 64, 64), spacing_mm=2.0,
-                             stage1_iterations=2800, iterations=7000, election_every=700, meta_every_stage1=100,
-                             meta_every_stage2=250, meta_steps=5, checkpoint_every=100, validate_every=1400,
-                             validation_cases=0, elastic_probability=0.2, num_workers=1, validation_fraction=0.2,
-                             selection_on_training=True),
+    "brats-cpu": BRATS_CPU,
     # the same cases on one GPU in minutes: the `medium` network, larger tiles and batch, the fast chain
-    "brats-gpu": TrainConfig(preset="brats-gpu", network="medium", tile_size=(64, 96, 96), spacing_mm=2.0,
-                             batch_size=4, stage1_iterations=3200, iterations=8000, election_every=1000,
-                             meta_every_stage1=100, meta_every_stage2=250, meta_steps=5, checkpoint_every=250,
-                             validate_every=2000, validation_cases=0, augmentation="fast", elastic_probability=0.2,
-                             num_workers=12, validation_fraction=0.2, selection_on_training=True),
+    "brats-gpu": replace(BRATS_CPU, preset="brats-gpu", network="medium", tile_size=(64, 96, 96), batch_size=4,
+                         stage1_iterations=3200, iterations=8000, election_every=1000, checkpoint_every=250,
+                         validate_every=2000, augmentation="fast", num_workers=12),
     "tiny": TrainConfig(preset="tiny", network="tiny", tile_size=(32, 64, 64), spacing_mm=3.0, batch_size=2,
                         stage1_iterations=4, iterations=8, election_every=4, meta_every_stage1=2,
                         meta_every_stage2=4, meta_steps=2, checkpoint_every=2, validate_every=8,

@@ -26,7 +26,7 @@ CARD_KEY = "lckd_model_card"  # lckd.model_file.CARD_KEY (a test keeps them equa
 CARD_FORMAT = "lckd-model"
 REGION_ORDER = ("ET", "TC", "WT")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")  # lckd.model_file.PICKLE_PROTOCOLS (tested equal)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from .sequences import REGIONS, SEQUENCES
 FORMAT = "lckd-model"
 FORMAT_VERSION = 1
 CARD_KEY = "lckd_model_card"
+#: a pickle starts with PROTO (0x80) and its protocol, 2-5 (a safetensors header length may start with 0x80)
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -145,7 +147,7 @@ def _check_fields(card: ModelCard, source: str) -> None:
 def _describe_foreign(head: bytes) -> Optional[str]:
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive (a PyTorch .pt/.pth checkpoint?)"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    if head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS:
         return "a Python pickle"
     return None
 

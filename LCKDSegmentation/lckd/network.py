@@ -60,7 +60,7 @@ PRESETS: Dict[str, NetworkConfig] = {
     "paper": NetworkConfig(),
     "small": NetworkConfig(stem_channels=16, stage_widths=(16, 32, 48, 64), stage_blocks=(1, 1, 1, 1),
                            bottleneck_channels=64, decoder_widths=(64, 48, 32, 16)),
-    # twice the `small` widths: the real-data model trained on a GPU, still about 0.6 s per case on 2 CPU cores
+    # twice the `small` widths, for GPU training; inference on a 2 mm case about 1 s on 2 CPU cores (bf16, 64x96x96)
     "medium": NetworkConfig(stem_channels=32, stage_widths=(32, 64, 96, 128), stage_blocks=(1, 1, 1, 1),
                             bottleneck_channels=128, decoder_widths=(128, 96, 64, 32)),
     "demo": NetworkConfig(stem_channels=16, stage_widths=(8, 16, 32, 32), stage_blocks=(1, 1, 1, 1),
