@@ -316,6 +316,9 @@ def test_evaluate_refuses_a_label_map_of_another_shape_and_warns_about_unlabelle
     assert code != 0
     assert "warning: 1 case folder(s) without a label map are skipped: Unlabelled" in err
     assert f"{seg}: the label map's shape (40, 56, 44) differs" in err and "Traceback" not in err
+    for command in (("evaluate", "--model", tiny_model), ("train", "--method", "lckd")):
+        assert run_cli(*command, "--data", data, "--out", tmp_path / "x", "--fold", "1") != 0
+        assert "--fold 1 needs --split FILE" in one_line(capsys)
 
 
 def test_case_with_a_sequence_subset_and_a_results_folder_inside_the_batch(tiny_model, tmp_path, capsys):

@@ -133,6 +133,28 @@ def test_split_file_is_checked_and_kept_by_the_run(tmp_path):
             read_split_file(other, cases)
 
 
+def test_a_split_file_of_folds_needs_a_fold_and_keeps_it_on_resume(tmp_path):
+    cases = _case_files(4)
+    folds = tmp_path / "folds.json"
+    folds.write_text('[{"validation": ["c00", "c01"], "train": ["c02", "c03"]}, '
+                     '{"validation": ["c02", "c03"], "train": ["c00", "c01"]}]')
+    assert read_split_file(folds, cases, 1)["validation"] == ["c02", "c03"]
+    assert read_split_file(folds, cases, 1)["election"] == ["c00", "c01"]
+    for fold in (None, 2, -1):
+        with pytest.raises(Exception, match="holds 2 cross-validation folds; choose one with --fold K \\(0 to 1\\)"):
+            read_split_file(folds, cases, fold)
+    single = tmp_path / "single.json"
+    single.write_text('{"validation": ["c00"], "train": ["c01"]}')
+    with pytest.raises(Exception, match="holds one split, not a list of folds; --fold 0 does not apply"):
+        read_split_file(single, cases, 0)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert load_or_make_split(run, cases, TrainConfig(), "lckd", folds, 0)["validation"] == ["c00", "c01"]
+    assert load_or_make_split(run, cases, TrainConfig(), "lckd", folds, 0)["train"] == ["c02", "c03"]
+    with pytest.raises(Exception, match="differs from the run's saved split"):
+        load_or_make_split(run, cases, TrainConfig(), "lckd", folds, 1)
+
+
 def test_shipped_brats2018_splits_name_disjoint_sets():
     splits = Path(__file__).resolve().parents[1] / "training" / "splits"
     names = [f"Brats18_{n}" for n in ("2013_3_1", "2013_11_1", "2013_23_1", "CBICA_ABM_1", "CBICA_ALU_1",
@@ -144,6 +166,12 @@ def test_shipped_brats2018_splits_name_disjoint_sets():
         split = read_split_file(splits / name, cases)
         assert len(split["validation"]) == 3 and len(split["train"]) == 11
         assert sorted(split["validation"] + split["train"]) == sorted(names)
+    # five folds: every case validated once, trained on in the other four; fold 0 is the seed-0 split
+    folds = [read_split_file(splits / "brats2018-5fold.json", cases, k) for k in range(5)]
+    assert sorted(n for fold in folds for n in fold["validation"]) == sorted(names)
+    assert all(sorted(fold["validation"] + fold["train"]) == sorted(names) for fold in folds)
+    assert folds[0] == read_split_file(splits / "brats2018-seed0.json", cases)
+    assert all(sum("TCIA10" in n for n in fold["validation"]) <= 1 for fold in folds)  # the two LGG cases apart
     # the seed-0 file is what --preset brats-cpu's seeded split gives (the shipped model's split)
     seeded = make_split(cases, PRESETS["brats-cpu"], "lckd")
     assert {part: seeded[part] for part in ("validation", "train")} == \

@@ -36,7 +36,9 @@ def add_training_commands(subparsers) -> None:
                             "among this run's validation cases)")
     train.add_argument("--split", type=Path, metavar="FILE",
                        help="the split to use instead of the seeded one: JSON with lists 'train' and 'validation' "
-                            "(optionally 'election', 'meta'; absent: the training cases) of case names")
+                            "(optionally 'election', 'meta'; absent: the training cases) of case names, or a list "
+                            "of such splits (cross-validation folds; choose one with --fold)")
+    train.add_argument("--fold", type=int, metavar="K", help="the fold K (from 0) of a --split file of folds")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any training setting, e.g. --set learning_rate=0.005 (repeatable)")
     train.add_argument("--no-progress", action="store_true")
@@ -58,6 +60,7 @@ def add_training_commands(subparsers) -> None:
                                "none (as lckd segment --no-tta), or network axes to flip, e.g. 2 or 0,1,2")
     evaluate.add_argument("--split", type=Path, metavar="FILE",
                           help="score only the 'validation' cases of this split file (as lckd train --split)")
+    evaluate.add_argument("--fold", type=int, metavar="K", help="the fold K (from 0) of a --split file of folds")
     evaluate.add_argument("--write-card", action="store_true", help="store the table in the model file's card")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
@@ -81,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise LCKDError(f"{args.data}: not a folder")
+    _check_fold(args)
     overrides = parse_overrides(args.set)
     preset = args.preset or "paper"
     if args.iterations is not None:
@@ -96,11 +100,16 @@ def run_train(args: argparse.Namespace) -> int:
     command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     trainer = Trainer(config, args.method, args.data, args.out, device=args.device, resume=args.resume,
                       command=command, cache_dir=args.cache, progress=not args.no_progress, split_file=args.split,
-                      init_file=args.init)
+                      init_file=args.init, fold=args.fold)
     path = trainer.run()
     if trainer.context.is_main:
         sys.stdout.write(f"model written to {path}\n")
     return 0
+
+
+def _check_fold(args: argparse.Namespace) -> None:
+    if args.fold is not None and args.split is None:
+        raise LCKDError(f"--fold {args.fold} needs --split FILE (a JSON list of cross-validation folds)")
 
 
 def _check_label_map_shape(case) -> None:
@@ -133,13 +142,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .trainer import write_evaluation
 
+    _check_fold(args)
     device = resolve_device(args.device)
     model, card = load_model(args.model, device=str(device))
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
     found = find_cases(args.data)
     cases = [c for c in found if c.segmentation is not None]
     if args.split is not None:
-        chosen = set(read_split_file(args.split, cases)["validation"])
+        chosen = set(read_split_file(args.split, cases, args.fold)["validation"])
         if not chosen:
             raise LCKDError(f"{args.split}: the split has no validation cases to evaluate")
         cases, found = [c for c in cases if c.name in chosen], [c for c in found if c.name in chosen]

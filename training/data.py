@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -74,15 +75,23 @@ def make_split(cases: Sequence[CaseFiles], config: TrainConfig, method: Optional
     return {name: split[name] for name in ("validation", "election", "meta", "train")}
 
 
-def read_split_file(path: Path, cases: Sequence[CaseFiles]) -> Dict[str, List[str]]:
+def read_split_file(path: Path, cases: Sequence[CaseFiles], fold: Optional[int] = None) -> Dict[str, List[str]]:
     """A split given by the user (``lckd train --split FILE``, as nnU-Net's ``splits_final.json``):
     JSON with ``train`` and ``validation`` lists of case names, and optionally ``election`` and
-    ``meta`` (absent: the training cases). Every name must be a labelled case of the data folder,
-    validation must not overlap the other sets, and no case may be named twice in one set."""
+    ``meta`` (absent: the training cases), or a list of such splits (cross-validation folds), of
+    which ``fold`` chooses one. Every name must be a labelled case of the data folder, validation
+    must not overlap the other sets, and no case may be named twice in one set."""
     try:
         given = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not a readable JSON split file ({error})") from None
+    if isinstance(given, list):
+        if fold is None or not 0 <= fold < len(given):
+            raise InputError(f"{path}: holds {len(given)} cross-validation folds; choose one with --fold K "
+                             f"(0 to {len(given) - 1})")
+        given = given[fold]
+    elif fold is not None:
+        raise InputError(f"{path}: holds one split, not a list of folds; --fold {fold} does not apply")
     parts = ("validation", "election", "meta", "train")
     if not isinstance(given, dict) or not set(given) <= set(parts) or "train" not in given \
             or "validation" not in given:
@@ -111,11 +120,12 @@ def read_split_file(path: Path, cases: Sequence[CaseFiles]) -> Dict[str, List[st
 
 
 def load_or_make_split(run_dir: Path, cases: Sequence[CaseFiles], config: TrainConfig,
-                       method: Optional[str] = None, split_file: Optional[Path] = None) -> Dict[str, List[str]]:
+                       method: Optional[str] = None, split_file: Optional[Path] = None,
+                       fold: Optional[int] = None) -> Dict[str, List[str]]:
     """The run's split (``split.json``), written once and reused on resume: the seeded
-    :func:`make_split`, or ``split_file`` (:func:`read_split_file`) when given."""
+    :func:`make_split`, or ``split_file`` (its fold ``fold`` for a list of folds; :func:`read_split_file`)."""
     path = run_dir / "split.json"
-    given = read_split_file(split_file, cases) if split_file is not None else None
+    given = read_split_file(split_file, cases, fold) if split_file is not None else None
     if path.is_file():
         saved = json.loads(path.read_text())
         if given is not None and given != saved:
@@ -185,6 +195,17 @@ def cache_case(case: CaseFiles, folder: Path, spacing_mm: float, normalisation: 
     return path
 
 
+def prepared_one_by_one(cases: Sequence[CaseFiles], spacing_mm: float,
+                        normalisation: Normalisation) -> Iterator[CachedCase]:
+    """Each labelled case prepared as for training, in a temporary cache deleted afterwards (for
+    measurements that read every case once)."""
+    with tempfile.TemporaryDirectory() as work:
+        folder = cache_folder(Path(work), spacing_mm, normalisation)
+        folder.mkdir(parents=True)
+        for case in cases:
+            yield load_cached(cache_case(case, folder, spacing_mm, normalisation))
+
+
 def load_cached(path: Path) -> CachedCase:
     """Open a cached case (``<name>.npz`` from :func:`cache_case`) with memory-mapped arrays."""
     path = Path(path)
@@ -199,12 +220,12 @@ def load_cached(path: Path) -> CachedCase:
 
 def prepare_data(data_dir: Path, run_dir: Path, config: TrainConfig, cache_dir: Optional[Path] = None,
                  normalisation: Optional[Normalisation] = None, method: Optional[str] = None,
-                 split_file: Optional[Path] = None) -> Tuple[Dict[str, List[str]], Path]:
-    """Discover cases, write the split (for ``method``, see :func:`make_split`, or ``split_file``)
-    and fill the cache; returns (split, folder of the cached cases)."""
+                 split_file: Optional[Path] = None, fold: Optional[int] = None) -> Tuple[Dict[str, List[str]], Path]:
+    """Discover cases, write the split (for ``method``, see :func:`make_split`, or ``split_file`` and
+    its ``fold``) and fill the cache; returns (split, folder of the cached cases)."""
     normalisation = normalisation or Normalisation()
     cases = find_cases(data_dir)
-    split = load_or_make_split(run_dir, cases, config, method, split_file)
+    split = load_or_make_split(run_dir, cases, config, method, split_file, fold)
     folder = cache_folder(cache_dir or run_dir / "cache", config.spacing_mm, normalisation)
     folder.mkdir(parents=True, exist_ok=True)
     by_name = {case.name: case for case in cases}

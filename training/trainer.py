@@ -132,7 +132,8 @@ class Trainer:
 
     def __init__(self, config: Optional[TrainConfig], method: str, data_dir: Path, run_dir: Path, device: str = "auto",
                  resume: bool = False, command: str = "", cache_dir: Optional[Path] = None,
-                 progress: bool = True, split_file: Optional[Path] = None, init_file: Optional[Path] = None) -> None:
+                 progress: bool = True, split_file: Optional[Path] = None, init_file: Optional[Path] = None,
+                 fold: Optional[int] = None) -> None:
         if method not in METHODS:
             raise LCKDError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         self.method, self.data_dir, self.run_dir = method, Path(data_dir), Path(run_dir)
@@ -148,7 +149,8 @@ class Trainer:
         rank_batch_size(self.config.batch_size, self.context.world_size)  # refuses a batch the ranks cannot split
         self.normalisation = Normalisation()
         if self.context.is_main:
-            prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation, method, split_file)
+            prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation, method, split_file,
+                         fold)
         distributed.barrier(self.context)
         self.split, cache = prepare_data(self.data_dir, self.run_dir, self.config, cache_dir, self.normalisation,
                                          method)
