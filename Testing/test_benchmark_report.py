@@ -73,25 +73,67 @@ def test_device_kind_names_the_cpu_instruction_set(bench):
     assert bench.device_kind("cuda") == ("gpu", "GPU")
 
 
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_method_comparison_goal_figures(tmp_path):
-    spec = importlib.util.spec_from_file_location("method_comparison", SCRIPT.parent / "method_comparison.py")
-    comparison = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(comparison)
+    comparison = load_script("method_comparison")
     assert comparison.WITHOUT_T1CE == ("flair", "t1", "t2", "flair+t1", "flair+t2", "t1+t2")
     subsets = {key: {"ET": 0.0, "TC": 0.0, "WT": 0.0} for key in
                ("flair", "t1", "t1ce", "t2", "flair+t1", "flair+t1ce", "flair+t2", "t1+t1ce", "t1+t2", "t1ce+t2",
                 "flair+t1+t1ce", "flair+t1+t2", "flair+t1ce+t2", "t1+t1ce+t2", "flair+t1+t1ce+t2")}
     subsets["flair+t1+t1ce+t2"] = {"ET": 0.6, "TC": 0.75, "WT": 0.9}
     subsets["flair"] = {"ET": 0.3, "TC": 0.3, "WT": 0.6}  # mean 0.4, one of six -> 0.4 / 6
-    subsets["t1ce"] = {"ET": 0.9, "TC": 0.9, "WT": 0.9}  # has T1ce: not in the second figure
+    subsets["t1ce"] = {"ET": 0.9, "TC": 0.9, "WT": 0.9}  # has T1ce: only in the third figure (7 subsets)
     result = {"subsets": subsets, "average": {"ET": 0.1, "TC": 0.2, "WT": 0.3},
               "hd95_average": {"ET": 10.0, "TC": 20.0, "WT": 30.0}, "cases": 3}
-    assert comparison.goal_figures(result) == pytest.approx((0.75, 0.4 / 6))
+    assert sorted(comparison.SINGLES_AND_PAIRS_WITHOUT_T1CE) == sorted(comparison.WITHOUT_T1CE + ("t1ce",))
+    assert comparison.goal_figures(result) == pytest.approx((0.75, 0.4 / 6, 1.3 / 7))
     folder = tmp_path / "eval-a"
     folder.mkdir()
     (folder / "evaluation.json").write_text(json.dumps(result))
     table = comparison.markdown(comparison.parse_runs([f"A={folder}", f"B={folder / 'evaluation.json'}"]))
-    assert "| A | 10.0 | 20.0 | 30.0 | 10.0 | 20.0 | 30.0 | 0.750 | 0.067 |" in table
+    assert "| A | 10.0 | 20.0 | 30.0 | 10.0 | 20.0 | 30.0 | 0.750 | 0.067 | 0.186 |" in table
     assert "| flair+t1+t1ce+t2 | 60.0 | 75.0 | 90.0 | 60.0 | 75.0 | 90.0 |" in table
     with pytest.raises(SystemExit, match="no evaluation.json"):
         comparison.parse_runs([f"C={tmp_path}"])
+    # folds pooled by case count: 3 cases at 0.9 and 1 case at 0.5 give 0.8
+    other = {**result, "cases": 1, "subsets": {k: {"ET": 0.5, "TC": 0.5, "WT": 0.5} for k in subsets},
+             "hd95": {k: {"ET": 4.0, "TC": 4.0, "WT": 4.0} for k in subsets}}
+    result["hd95"] = {k: {"ET": 8.0, "TC": 8.0, "WT": 8.0} for k in subsets}
+    (folder / "evaluation.json").write_text(json.dumps(result))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    pooled = comparison.parse_runs([f"CV={folder},{tmp_path / 'other.json'}"])["CV"]
+    assert pooled["cases"] == 4
+    assert pooled["subsets"]["t1ce"] == pytest.approx({"ET": 0.8, "TC": 0.8, "WT": 0.8})
+    assert pooled["hd95"]["flair"]["WT"] == pytest.approx(7.0)
+    assert pooled["average"]["ET"] == pytest.approx(sum(s["ET"] for s in pooled["subsets"].values()) / 15)
+
+
+def test_ensemble_candidates_average_models_and_vary_the_first_models_thresholds():
+    from lckd.sequences import REGIONS
+
+    tried = load_script("ensemble_and_thresholds").candidates(["A", "B"], [0.4, 0.5])
+    names = [name for name, _, _ in tried]
+    assert names[:3] == ["A", "B", "A+B"] and len(names) == 3 + 7
+    assert all(list(t) == [0.5] * 3 for _, _, t in tried[:3]) and tried[2][1] == ("A", "B")
+    by_name = {name: (members, threshold) for name, members, threshold in tried}
+    members, threshold = by_name["A ET>0.4 TC>0.5 WT>0.4"]
+    assert members == ("A",)
+    assert dict(zip(REGIONS, threshold)) == {"ET": 0.4, "TC": 0.5, "WT": 0.4}
+
+
+def test_label_contrast_is_the_label_median_over_normal_brain():
+    import numpy as np
+
+    contrast = load_script("label_contrast").contrast
+    image = np.zeros((4, 4, 4), dtype=np.float32)
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    image[1:3] = 50.0  # normal-appearing brain
+    image[1, 1, 1:3], labels[1, 1, 1:3] = 80.0, 4  # a label 1.6 times as bright
+    assert contrast(image, labels, 4) == pytest.approx(1.6)
+    assert np.isnan(contrast(image, labels, 1))  # no such label in this case

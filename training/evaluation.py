@@ -53,6 +53,32 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
     return float(np.percentile(distances, 95))
 
 
+class ScoreTable:
+    """Dice and HD95 per subset and region, summed over cases; :meth:`result` averages them into the
+    dictionary :func:`evaluate` returns (also used by benchmarks that score other predictions)."""
+
+    def __init__(self, subset_keys: Sequence[str], spacing_mm: float) -> None:
+        self.spacing = (spacing_mm,) * 3
+        self.dice = {key: dict.fromkeys(REPORTED_REGIONS, 0.0) for key in subset_keys}
+        self.hd95 = {key: dict.fromkeys(REPORTED_REGIONS, 0.0) for key in subset_keys}
+
+    def add(self, key: str, found: np.ndarray, truth: np.ndarray) -> None:
+        """Score one case's region masks ``found`` against ``truth`` (both ``regions_from_labels``)."""
+        for region in REPORTED_REGIONS:
+            index = REGION_INDEX[region]
+            self.dice[key][region] += dice(found[index], truth[index])
+            self.hd95[key][region] += hd95(found[index], truth[index], self.spacing)
+
+    def result(self, cases: int, postprocess: str, mirror_axes: Sequence[int]) -> Dict[str, object]:
+        n = max(cases, 1)
+        table = {k: {r: round(v / n, 4) for r, v in per.items()} for k, per in self.dice.items()}
+        hd = {k: {r: round(v / n, 2) for r, v in per.items()} for k, per in self.hd95.items()}
+        average = {r: round(float(np.mean([table[k][r] for k in table])), 4) for r in REPORTED_REGIONS}
+        hd_average = {r: round(float(np.mean([hd[k][r] for k in hd])), 2) for r in REPORTED_REGIONS}
+        return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": cases,
+                "postprocess": postprocess, "mirror_axes": list(mirror_axes)}
+
+
 @torch.no_grad()
 def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[int], spacing_mm: float,
              device: torch.device, subsets: Optional[Sequence[Sequence[str]]] = None,
@@ -67,9 +93,7 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
     was_training = model.training
     model.eval()
     subsets = list(subsets or all_subsets())
-    dice_sum = {subset_key(s): dict.fromkeys(REPORTED_REGIONS, 0.0) for s in subsets}
-    hd_sum = {subset_key(s): dict.fromkeys(REPORTED_REGIONS, 0.0) for s in subsets}
-    spacing = (spacing_mm,) * 3
+    scores = ScoreTable([subset_key(s) for s in subsets], spacing_mm)
     for case in cases:
         images = torch.from_numpy(np.array(case.images)).to(device)
         truth = regions_from_labels(case.labels)
@@ -77,20 +101,15 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size,
                                                          mirror_axes=mirror_axes)
             labels = labels_from_regions(probabilities.cpu().numpy())
-            t1ce = case.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
-            found = regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3, t1ce=t1ce))
-            key = subset_key(subset)
-            for region in REPORTED_REGIONS:
-                index = REGION_INDEX[region]
-                dice_sum[key][region] += dice(found[index], truth[index])
-                hd_sum[key][region] += hd95(found[index], truth[index], spacing)
+            scores.add(subset_key(subset), found_regions(labels, case, subset, postprocess, spacing_mm), truth)
             if on_step is not None:
                 on_step()
     model.train(was_training)
-    n = max(len(cases), 1)
-    table = {k: {r: round(v / n, 4) for r, v in per.items()} for k, per in dice_sum.items()}
-    hd = {k: {r: round(v / n, 2) for r, v in per.items()} for k, per in hd_sum.items()}
-    average = {r: round(float(np.mean([table[k][r] for k in table])), 4) for r in REPORTED_REGIONS}
-    hd_average = {r: round(float(np.mean([hd[k][r] for k in hd])), 2) for r in REPORTED_REGIONS}
-    return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": len(cases),
-            "postprocess": postprocess, "mirror_axes": list(mirror_axes)}
+    return scores.result(len(cases), postprocess, mirror_axes)
+
+
+def found_regions(labels: np.ndarray, case: CachedCase, subset: Sequence[str], postprocess: str,
+                  spacing_mm: float) -> np.ndarray:
+    """Region masks of a predicted label map after the post-processing rule (which may use T1ce)."""
+    t1ce = case.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
+    return regions_from_labels(apply_postprocessing(labels, postprocess, spacing_mm ** 3, t1ce=t1ce))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -26,7 +25,7 @@ from lckd.model_file import load_model
 from lckd.postprocessing import drop_small_components, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES, all_subsets, presence_mask
-from training.data import cache_case, cache_folder, load_cached, read_split_file
+from training.data import prepared_one_by_one, read_split_file
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 SPECK_THRESHOLDS_ML = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -63,27 +62,23 @@ def main() -> None:
     rules = variants(spacing ** 3)
     sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}
     runs = 0
-    with tempfile.TemporaryDirectory() as work:
-        folder = cache_folder(Path(work), spacing, normalisation)
-        folder.mkdir(parents=True)
-        for case in cases:
-            prepared = load_cached(cache_case(case, folder, spacing, normalisation))
-            images = torch.from_numpy(np.array(prepared.images))
-            truth = regions_from_labels(prepared.labels)
-            for subset in all_subsets():
-                with torch.no_grad():
-                    probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size,
-                                                                 mirror_axes=card.mirror_axes)
-                labels = labels_from_regions(probabilities.numpy())
-                runs += 1
-                t1ce = prepared.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
-                for name, rule in rules.items():
-                    found = regions_from_labels(rule(labels, t1ce))
-                    for region in REPORTED_REGIONS:
-                        index = REGION_INDEX[region]
-                        sums[name][f"Dice {region}"] += dice(found[index], truth[index])
-                        sums[name][f"HD95 {region}"] += hd95(found[index], truth[index], (spacing,) * 3)
-            print(f"{case.name}: done", flush=True)
+    for prepared in prepared_one_by_one(cases, spacing, normalisation):
+        images = torch.from_numpy(np.array(prepared.images))
+        truth = regions_from_labels(prepared.labels)
+        for subset in all_subsets():
+            with torch.no_grad():
+                probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size,
+                                                             mirror_axes=card.mirror_axes)
+            labels = labels_from_regions(probabilities.numpy())
+            runs += 1
+            t1ce = prepared.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
+            for name, rule in rules.items():
+                found = regions_from_labels(rule(labels, t1ce))
+                for region in REPORTED_REGIONS:
+                    index = REGION_INDEX[region]
+                    sums[name][f"Dice {region}"] += dice(found[index], truth[index])
+                    sums[name][f"HD95 {region}"] += hd95(found[index], truth[index], (spacing,) * 3)
+        print(f"{prepared.name}: done", flush=True)
     table = {name: {key: round(value / runs, 4) for key, value in scores.items()} for name, scores in sums.items()}
     args.out.write_text(json.dumps({"model": card.name, "cases": [c.name for c in cases], "runs": runs,
                                     "mirror_axes": card.mirror_axes, "table": table}, indent=2))
