@@ -197,7 +197,7 @@ def cache_case(case: CaseFiles, folder: Path, spacing_mm: float, normalisation: 
 
 def prepared_one_by_one(cases: Sequence[CaseFiles], spacing_mm: float,
                         normalisation: Normalisation) -> Iterator[CachedCase]:
-    """Each labelled case prepared as for training, in a temporary cache deleted afterwards (for
+    """Each (labelled) case prepared as for training, in a temporary cache deleted afterwards (for
     measurements that read every case once)."""
     with tempfile.TemporaryDirectory() as work:
         folder = cache_folder(Path(work), spacing_mm, normalisation)

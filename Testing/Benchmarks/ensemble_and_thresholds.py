@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", metavar="LABEL=MODEL_FILE")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
+    parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
     parser.add_argument("--mirror-axes", default="none", help="'none', 'model' (each card's) or e.g. 0,1,2")
     parser.add_argument("--postprocess", default="specks", help="a rule of lckd segment --postprocess")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5", help="per-region thresholds tried (first model)")
@@ -84,7 +85,7 @@ def main() -> None:
     normalisation = Normalisation.from_dict(cards[0].normalisation) if cards[0].normalisation else Normalisation()
     cases = [case for case in find_cases(args.data) if case.segmentation is not None]
     if args.split:
-        chosen = set(read_split_file(args.split, cases)["validation"])
+        chosen = set(read_split_file(args.split, cases, args.fold)["validation"])
         cases = [case for case in cases if case.name in chosen]
     tried = candidates(list(models), [float(t) for t in args.thresholds.split(",")])
     keys = [subset_key(s) for s in all_subsets()]

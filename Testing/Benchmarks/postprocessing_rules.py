@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cases", nargs="*", help="case names (default: every labelled case of --data)")
     parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
+    parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
     parser.add_argument("--out", type=Path, required=True, help="JSON file with the table")
     args = parser.parse_args()
     model, card = load_model(args.model, device="cpu")
@@ -57,7 +58,8 @@ def main() -> None:
     normalisation = Normalisation.from_dict(card.normalisation) if card.normalisation else Normalisation()
     spacing = card.spacing_mm[0]
     cases = [case for case in find_cases(args.data) if case.segmentation is not None]
-    chosen = set(args.cases or []) | set(read_split_file(args.split, cases)["validation"] if args.split else [])
+    held_out = read_split_file(args.split, cases, args.fold)["validation"] if args.split else []
+    chosen = set(args.cases or []) | set(held_out)
     cases = [case for case in cases if not chosen or case.name in chosen]
     rules = variants(spacing ** 3)
     sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}

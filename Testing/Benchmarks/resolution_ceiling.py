@@ -43,11 +43,12 @@ def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a folder of labelled BraTS cases")
     parser.add_argument("--split", type=Path, help="score only this split file's validation cases")
+    parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
     parser.add_argument("--spacing", type=float, nargs="+", default=[2.0], help="working spacings (mm)")
     args = parser.parse_args(argv)
     cases = find_cases(args.data)
     if args.split is not None:
-        names = set(read_split_file(args.split, cases)["validation"])
+        names = set(read_split_file(args.split, cases, args.fold)["validation"])
         cases = [case for case in cases if case.name in names]
     result: Dict[str, Dict[str, Dict[str, float]]] = {}
     for case in cases:
