@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import List, Sequence
 
 from lckd.errors import LCKDError
 from lckd.postprocessing import RULES as POSTPROCESSING_RULES
@@ -55,7 +56,7 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--postprocess", default="none", choices=POSTPROCESSING_RULES, metavar="RULE",
                           help="post-processing before scoring, as lckd segment --postprocess RULE: "
                                f"{', '.join(POSTPROCESSING_RULES)} (default none)")
-    evaluate.add_argument("--mirror-axes", type=_mirror_axes, default="model", metavar="AXES",
+    evaluate.add_argument("--mirror-axes", type=parse_mirror_axes, default="model", metavar="AXES",
                           help="test-time mirroring: model (default: the model card's axes, as lckd segment), "
                                "none (as lckd segment --no-tta), or network axes to flip, e.g. 2 or 0,1,2")
     evaluate.add_argument("--split", type=Path, metavar="FILE",
@@ -66,7 +67,7 @@ def add_training_commands(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-def _mirror_axes(text: str):
+def parse_mirror_axes(text: str):
     """argparse type of ``--mirror-axes``: ``model``, ``none`` or distinct network axes 0-2."""
     if text in ("model", "none"):
         return text
@@ -77,6 +78,11 @@ def _mirror_axes(text: str):
     if not axes or len(set(axes)) != len(axes) or not all(0 <= a <= 2 for a in axes):
         raise argparse.ArgumentTypeError(f"{text!r}: give model, none, or distinct axes of 0, 1, 2 (e.g. 0,1,2)")
     return axes
+
+
+def chosen_mirror_axes(choice, card_axes: Sequence[int]) -> List[int]:
+    """The axes a parsed ``--mirror-axes`` stands for, given the model card's."""
+    return list(card_axes) if choice == "model" else [] if choice == "none" else list(choice)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -165,8 +171,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cache = cache_folder(args.out / "cache", card.spacing_mm[0], normalisation)
     cache.mkdir(parents=True, exist_ok=True)
     prepared = [load_cached(cache_case(c, cache, card.spacing_mm[0], normalisation)) for c in cases]
-    mirror_axes = card.mirror_axes if args.mirror_axes == "model" else [] if args.mirror_axes == "none" \
-        else args.mirror_axes
+    mirror_axes = chosen_mirror_axes(args.mirror_axes, card.mirror_axes)
     with tqdm(total=15 * len(prepared), desc="evaluating", unit="run", disable=args.no_progress,
               file=sys.stderr) as bar:
         result = evaluate(model, prepared, card.tile_size, card.spacing_mm[0], device, on_step=lambda: bar.update(1),

@@ -29,6 +29,7 @@ from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.model_file import load_model
 from lckd.preprocess import Normalisation
 from lckd.sequences import REGIONS, all_subsets, presence_mask, subset_key
+from training.command import chosen_mirror_axes, parse_mirror_axes
 from training.data import prepared_one_by_one, read_split_file
 from training.evaluation import ScoreTable, found_regions
 
@@ -60,24 +61,22 @@ def candidates(labels: Sequence[str], thresholds: Sequence[float]) -> List[Tuple
     return chosen
 
 
-def mirror_axes(choice: str, card_axes: Sequence[int]) -> List[int]:
-    """The axes of ``--mirror-axes``: ``none``, ``model`` (the card's) or a comma-separated list."""
-    return list(card_axes) if choice == "model" else [] if choice == "none" else [int(a) for a in choice.split(",")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", metavar="LABEL=MODEL_FILE")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
     parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
-    parser.add_argument("--mirror-axes", default="none", help="'none', 'model' (each card's) or e.g. 0,1,2")
+    parser.add_argument("--mirror-axes", type=parse_mirror_axes, default="none",
+                        help="'none', 'model' (each card's) or e.g. 0,1,2")
     parser.add_argument("--postprocess", default="specks", help="a rule of lckd segment --postprocess")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5", help="per-region thresholds tried (first model)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file: one evaluation per candidate")
     args = parser.parse_args()
     models = parse_models(args.models)
     loaded = {label: load_model(path, device="cpu") for label, path in models.items()}
+    for model, _ in loaded.values():
+        model.eval()
     cards = [card for _, card in loaded.values()]
     if len({(tuple(c.spacing_mm), json.dumps(c.normalisation, sort_keys=True)) for c in cards}) > 1:
         raise SystemExit("the models differ in spacing or normalisation: their probabilities cannot be averaged")
@@ -98,8 +97,8 @@ def main() -> None:
             for label, (model, card) in loaded.items():
                 with torch.no_grad():
                     probabilities[label] = sliding_window_probabilities(
-                        model.eval(), images, presence_mask(subset), card.tile_size,
-                        mirror_axes=mirror_axes(args.mirror_axes, card.mirror_axes)).numpy()
+                        model, images, presence_mask(subset), card.tile_size,
+                        mirror_axes=chosen_mirror_axes(args.mirror_axes, card.mirror_axes)).numpy()
             for name, members, threshold in tried:
                 averaged = np.mean([probabilities[m] for m in members], axis=0)
                 labels = labels_from_regions(averaged > threshold[:, None, None, None])

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from lckd.cases import find_cases
+from lckd.io import load_volume
 from lckd.labels import convert_convention
 from lckd.sequences import SEQUENCES
 
@@ -40,14 +40,14 @@ def main() -> None:
     for case in find_cases(args.data):
         if case.segmentation is None:
             continue
-        labels = np.asarray(nib.load(str(case.segmentation)).dataobj)
-        labels = convert_convention(labels, case.et_label, LABELS["ET"])
+        labels = convert_convention(np.asarray(load_volume(case.segmentation, allow_empty=True).data).astype(np.uint8),
+                                    case.et_label, LABELS["ET"])
         cells = []
         for sequence in SEQUENCES:
             if sequence not in case.sequences:
                 cells += [""] * len(LABELS)
                 continue
-            image = np.asarray(nib.load(str(case.sequences[sequence])).dataobj, dtype=np.float32)
+            image = np.asarray(load_volume(case.sequences[sequence]).data)
             cells += [f"{contrast(image, labels, value):.2f}" for value in LABELS.values()]
         print(f"| {case.name} | " + " | ".join(cells) + " |", flush=True)
 
