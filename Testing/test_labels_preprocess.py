@@ -13,6 +13,7 @@ from lckd.labels import (
 )
 from lckd.postprocessing import (
     drop_small_components,
+    keep_largest_component,
     parse_rule,
     postprocess,
     relabel_small_enhancing,
@@ -72,7 +73,22 @@ def test_specks_below_the_size_are_dropped():
     assert (postprocess(labels, "none", 8.0) == labels).all()
     assert parse_rule("specks+et500") == ("specks", "et500")
     with pytest.raises(Exception, match="unknown post-processing"):
-        parse_rule("largest")
+        parse_rule("biggest")
+
+
+def test_largest_keeps_one_component_whatever_the_size():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:12, 2:12, 2:12] = 2  # 1000 voxels
+    labels[5:8, 5:8, 5:8] = 4
+    labels[14:19, 14:19, 14:19] = 1  # 125 voxels, apart from the tumour
+    kept = keep_largest_component(labels)
+    assert (kept[:13, :13, :13] == labels[:13, :13, :13]).all()
+    assert kept[13:, 13:, 13:].sum() == 0
+    assert kept.dtype == labels.dtype
+    assert (postprocess(labels, "largest", 1.0) == kept).all()
+    assert (postprocess(labels, "specks", 20.0) == labels).all()  # 20 mm^3 voxels: a 2.5 mL island passes specks
+    assert (keep_largest_component(kept) == kept).all()  # one component: unchanged
+    assert (keep_largest_component(np.zeros_like(labels)) == 0).all()
 
 
 def released_case() -> np.ndarray:

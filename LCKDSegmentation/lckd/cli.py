@@ -99,8 +99,9 @@ def _add_segment_command(subparsers) -> None:
     parser.add_argument("--postprocess", nargs="?", const="specks+et500", default="model",
                         choices=("model",) + POSTPROCESSING_RULES, metavar="RULE",
                         help="model (default: the rule the model card names), none, specks (drop tumour "
-                             "components under 2 mL), et500 (BraTS: under 0.5 mL of enhancing tumour becomes "
-                             "necrosis), specks+et500 (both; also what --postprocess alone means), released "
+                             "components under 2 mL), largest (keep only the largest tumour component), et500 (BraTS: "
+                             "under 0.5 mL of enhancing tumour becomes necrosis), specks+et500 (both; also what "
+                             "--postprocess alone means), largest+et500, released "
                              "(the LCKD authors' postprocess.py: small and border components, oedema clustered on "
                              "T1ce when given, et500)")
     parser.add_argument("--no-tta", action="store_true",

@@ -3,6 +3,10 @@
 * ``specks``: whole-tumour connected components (26-connected) smaller than
   :data:`MIN_COMPONENT_ML` become background. Isolated false-positive specks are the main source
   of large HD95 values on real scans.
+* ``largest``: only the largest whole-tumour connected component (26-connected) is kept; every
+  other component becomes background, whatever its size. It removes false-positive islands far
+  from the tumour that ``specks`` keeps because they are over its size, and it also removes a real
+  second lesion of a multifocal tumour.
 * ``et500``: the BraTS rule. A case with less enhancing tumour than 500 voxels of 1 mm^3
   (0.5 mL) gets it relabelled as necrosis. It is stated in millilitres so that it means the same on
   any grid (the BraTS challenge applies it on its 1 mm grid).
@@ -45,7 +49,7 @@ RELEASED_ET_FRACTION_CASE = 0.12  # enhancing / whole tumour of the case, below 
 RELEASED_ET_FRACTION_COMPONENT = 0.05
 RELEASED_ET_MAX_ML = 0.45 / 4  # their 450 compares a sum of label values (4 per enhancing voxel)
 RELEASED_NECROSIS_MAX_ML = 10.0
-RULES = ("none", "specks", "et500", "specks+et500", "released")
+RULES = ("none", "specks", "largest", "et500", "specks+et500", "largest+et500", "released")
 
 
 def parse_rule(rule: str) -> Tuple[str, ...]:
@@ -70,6 +74,17 @@ def drop_small_components(labels: np.ndarray, voxel_volume_mm3: float,
     cleaned = labels.copy()
     cleaned[np.isin(components, small)] = 0
     return cleaned
+
+
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Only the largest whole-tumour component (any non-zero label, 26-connected) is kept."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return labels
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    return np.where(components == largest, labels, 0).astype(labels.dtype)
 
 
 def relabel_small_enhancing(labels: np.ndarray, voxel_volume_mm3: float, et_label: int = 4,
@@ -138,6 +153,8 @@ def postprocess(labels: np.ndarray, rule: str, voxel_volume_mm3: float, et_label
     for step in parse_rule(rule):
         if step == "specks":
             labels = drop_small_components(labels, voxel_volume_mm3)
+        elif step == "largest":
+            labels = keep_largest_component(labels)
         elif step == "released":
             spacing = tuple(spacing_mm) if spacing_mm is not None else (voxel_volume_mm3 ** (1 / 3),) * 3
             labels = released_postprocess(labels, spacing, t1ce, et_label)

@@ -1,7 +1,8 @@
 """Choose the post-processing rule by measurement: Dice and HD95 of each rule and speck threshold,
 15-subset averages over labelled cases (the real validation cases in Training.md).
 
-The network runs once per case and subset (with the model card's test-time mirroring); every rule
+The network runs once per case and subset (with the model card's test-time mirroring unless
+``--mirror-axes`` says otherwise); every rule
 is applied to the same label map on the working grid, as ``lckd evaluate --postprocess RULE`` does.
 
     python Testing/Benchmarks/postprocessing_rules.py --model M.safetensors --data ../shared/data/brats2018 \\
@@ -22,9 +23,10 @@ from lckd.cases import find_cases
 from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.model_file import load_model
-from lckd.postprocessing import drop_small_components, postprocess, relabel_small_enhancing
+from lckd.postprocessing import drop_small_components, keep_largest_component, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES, all_subsets, presence_mask
+from training.command import chosen_mirror_axes, parse_mirror_axes
 from training.data import prepared_one_by_one, read_split_file
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
@@ -36,6 +38,8 @@ def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray, Optional[np.nd
     rules: Dict[str, Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]] = {
         "none": lambda labels, t1ce: labels,
         "et500": lambda labels, t1ce: relabel_small_enhancing(labels, voxel_mm3),
+        "largest": lambda labels, t1ce: keep_largest_component(labels),
+        "largest+et500": lambda labels, t1ce: relabel_small_enhancing(keep_largest_component(labels), voxel_mm3),
         "released": lambda labels, t1ce: postprocess(labels, "released", voxel_mm3, t1ce=t1ce)}
     for ml in SPECK_THRESHOLDS_ML:
         rules[f"specks<{ml:g}mL"] = lambda labels, t1ce, ml=ml: drop_small_components(labels, voxel_mm3, ml)
@@ -51,6 +55,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="case names (default: every labelled case of --data)")
     parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
     parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
+    parser.add_argument("--mirror-axes", type=parse_mirror_axes, default="model", metavar="AXES",
+                        help="test-time mirroring: model (the card's, default), none, or network axes like 0,1,2")
     parser.add_argument("--out", type=Path, required=True, help="JSON file with the table")
     args = parser.parse_args()
     model, card = load_model(args.model, device="cpu")
@@ -61,6 +67,7 @@ def main() -> None:
     held_out = read_split_file(args.split, cases, args.fold)["validation"] if args.split else []
     chosen = set(args.cases or []) | set(held_out)
     cases = [case for case in cases if not chosen or case.name in chosen]
+    mirror_axes = chosen_mirror_axes(args.mirror_axes, card.mirror_axes)
     rules = variants(spacing ** 3)
     sums = {name: {f"{kind} {r}": 0.0 for kind in ("Dice", "HD95") for r in REPORTED_REGIONS} for name in rules}
     runs = 0
@@ -70,7 +77,7 @@ def main() -> None:
         for subset in all_subsets():
             with torch.no_grad():
                 probabilities = sliding_window_probabilities(model, images, presence_mask(subset), card.tile_size,
-                                                             mirror_axes=card.mirror_axes)
+                                                             mirror_axes=mirror_axes)
             labels = labels_from_regions(probabilities.numpy())
             runs += 1
             t1ce = prepared.images[SEQUENCES.index("t1ce")] if "t1ce" in subset else None
@@ -83,7 +90,7 @@ def main() -> None:
         print(f"{prepared.name}: done", flush=True)
     table = {name: {key: round(value / runs, 4) for key, value in scores.items()} for name, scores in sums.items()}
     args.out.write_text(json.dumps({"model": card.name, "cases": [c.name for c in cases], "runs": runs,
-                                    "mirror_axes": card.mirror_axes, "table": table}, indent=2))
+                                    "mirror_axes": mirror_axes, "table": table}, indent=2))
     header = ["rule"] + list(next(iter(table.values())))
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, scores in table.items():
