@@ -59,12 +59,17 @@ def parse_rule(rule: str) -> Tuple[str, ...]:
     return () if rule == "none" else tuple(rule.split("+"))
 
 
+def _whole_tumour_components(labels: np.ndarray) -> Tuple[np.ndarray, int]:
+    """The 26-connected components of the tumour (any non-zero label) and their count."""
+    from scipy import ndimage  # not at import time: the command's parser imports this module
+
+    return ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+
+
 def drop_small_components(labels: np.ndarray, voxel_volume_mm3: float,
                           min_ml: float = MIN_COMPONENT_ML) -> np.ndarray:
     """Whole-tumour components (any non-zero label, 26-connected) below ``min_ml`` become 0."""
-    from scipy import ndimage  # not at import time: the command's parser imports this module
-
-    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    components, count = _whole_tumour_components(labels)
     if count == 0:
         return labels
     sizes_ml = np.bincount(components.ravel())[1:] * voxel_volume_mm3 / 1000.0
@@ -78,9 +83,7 @@ def drop_small_components(labels: np.ndarray, voxel_volume_mm3: float,
 
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:
     """Only the largest whole-tumour component (any non-zero label, 26-connected) is kept."""
-    from scipy import ndimage
-
-    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    components, count = _whole_tumour_components(labels)
     if count <= 1:
         return labels
     largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1

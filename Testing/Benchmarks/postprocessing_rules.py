@@ -23,7 +23,7 @@ from lckd.cases import find_cases
 from lckd.inference import sliding_window_probabilities
 from lckd.labels import labels_from_regions, regions_from_labels
 from lckd.model_file import load_model
-from lckd.postprocessing import drop_small_components, keep_largest_component, postprocess, relabel_small_enhancing
+from lckd.postprocessing import drop_small_components, postprocess, relabel_small_enhancing
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES, all_subsets, presence_mask
 from training.command import chosen_mirror_axes, parse_mirror_axes
@@ -38,8 +38,8 @@ def variants(voxel_mm3: float) -> Dict[str, Callable[[np.ndarray, Optional[np.nd
     rules: Dict[str, Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]] = {
         "none": lambda labels, t1ce: labels,
         "et500": lambda labels, t1ce: relabel_small_enhancing(labels, voxel_mm3),
-        "largest": lambda labels, t1ce: keep_largest_component(labels),
-        "largest+et500": lambda labels, t1ce: relabel_small_enhancing(keep_largest_component(labels), voxel_mm3),
+        "largest": lambda labels, t1ce: postprocess(labels, "largest", voxel_mm3),
+        "largest+et500": lambda labels, t1ce: postprocess(labels, "largest+et500", voxel_mm3),
         "released": lambda labels, t1ce: postprocess(labels, "released", voxel_mm3, t1ce=t1ce)}
     for ml in SPECK_THRESHOLDS_ML:
         rules[f"specks<{ml:g}mL"] = lambda labels, t1ce, ml=ml: drop_small_components(labels, voxel_mm3, ml)
