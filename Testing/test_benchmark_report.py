@@ -112,6 +112,14 @@ def test_method_comparison_goal_figures(tmp_path):
     assert pooled["subsets"]["t1ce"] == pytest.approx({"ET": 0.8, "TC": 0.8, "WT": 0.8})
     assert pooled["hd95"]["flair"]["WT"] == pytest.approx(7.0)
     assert pooled["average"]["ET"] == pytest.approx(sum(s["ET"] for s in pooled["subsets"].values()) / 15)
+    assert "per_case" not in pooled  # only when every pooled evaluation has per-case figures
+    result["per_case"] = {"Case_A": {"dice": result["subsets"], "hd95": result["hd95"]}}
+    other["per_case"] = {"Case_B": {"dice": other["subsets"], "hd95": other["hd95"]}}
+    (folder / "evaluation.json").write_text(json.dumps(result))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    pooled = comparison.parse_runs([f"CV={folder},{tmp_path / 'other.json'}"])["CV"]
+    assert list(pooled["per_case"]) == ["Case_A", "Case_B"]
+    assert pooled["per_case"]["Case_B"]["dice"]["t1ce"] == {"ET": 0.5, "TC": 0.5, "WT": 0.5}
 
 
 def test_ensemble_candidates_average_models_and_vary_the_first_models_thresholds():

@@ -123,8 +123,13 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
     assert all(0.0 <= d <= 1.0 for scores in result["subsets"].values() for d in scores.values())
     assert result["subsets"]["t1ce"]["WT"] > result["subsets"]["flair"]["WT"]
     assert set(result["hd95"]["t1ce"]) == {"ET", "TC", "WT"}
+    assert list(result["per_case"]) == ["Case_00", "Case_01"]
+    for region in ("ET", "TC", "WT"):  # the table is the mean of the two cases' own figures
+        assert result["subsets"]["t1ce"][region] == pytest.approx(
+            sum(result["per_case"][c]["dice"]["t1ce"][region] for c in ("Case_00", "Case_01")) / 2, abs=1e-4)
     assert (tmp_path / "eval" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **average** |" in (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "| Case_01 |" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert read_card(model).validation == result and result["postprocess"] == "none"
     assert main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "post"),
                  "--device", "cpu", "--no-progress", "--postprocess", "et500"]) == 0

@@ -35,9 +35,10 @@ from training.data import (
     read_split_file,
 )
 from training.distributed import rank_batch_size
-from training.evaluation import EMPTY_HD95, dice, hd95
+from training.evaluation import EMPTY_HD95, ScoreTable, dice, hd95
 from training.losses import lckd_kd, metakd_kd, segmentation_loss
 from training.meta import ImportanceWeights
+from training.report import markdown_table
 from training.trainer import batch_subset, meta_subsets, poly_learning_rate, validation_subsets
 
 pytestmark = pytest.mark.xdist_group("training")
@@ -366,6 +367,28 @@ def test_dice_and_pooled_hd95():
     empty = np.zeros_like(a)
     assert hd95(empty, empty, (1, 1, 1)) == 0.0 and hd95(a, empty, (1, 1, 1)) == EMPTY_HD95
     assert dice(empty, empty) == 1.0 and dice(a, empty) == 0.0
+
+
+def test_score_table_averages_cases_and_keeps_each_case():
+    truth = np.zeros((3, 20, 20, 20), bool)  # ET, TC, WT channels as regions_from_labels orders them
+    truth[:, 5:10, 5:10, 5:10] = True
+    shifted = np.roll(truth, 2, axis=1)
+    table = ScoreTable(["t1ce", "flair+t1+t1ce+t2"], spacing_mm=2.0)
+    table.add("Case_A", "t1ce", truth, truth)
+    table.add("Case_A", "flair+t1+t1ce+t2", truth, truth)
+    table.add("Case_B", "t1ce", shifted, truth)
+    table.add("Case_B", "flair+t1+t1ce+t2", np.zeros_like(truth), truth)
+    result = table.result("specks", [0])
+    assert result["cases"] == 2 and result["postprocess"] == "specks" and result["mirror_axes"] == [0]
+    assert result["subsets"]["t1ce"]["WT"] == pytest.approx((1.0 + 0.6) / 2)
+    assert result["hd95"]["t1ce"]["ET"] == pytest.approx((0.0 + 4.0) / 2)  # 2 voxels at 2 mm
+    assert result["subsets"]["flair+t1+t1ce+t2"]["TC"] == pytest.approx(0.5)
+    assert result["per_case"]["Case_B"]["dice"]["t1ce"] == {"ET": 0.6, "TC": 0.6, "WT": 0.6}
+    assert result["per_case"]["Case_B"]["hd95"]["flair+t1+t1ce+t2"]["WT"] == EMPTY_HD95
+    assert result["per_case"]["Case_A"]["dice"]["flair+t1+t1ce+t2"]["ET"] == 1.0
+    report = markdown_table(result, "two cases")
+    assert "| Case_A | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 | 0.0 | 100.0 | 100.0 | 100.0 |" in report
+    assert "| Case_B | 0.0 | 0.0 | 0.0 | 373.1 | 373.1 | 373.1 | 30.0 | 30.0 | 30.0 |" in report
 
 
 # -- settings added for issue 15: their defaults keep what runs started before them did ---------------

@@ -54,29 +54,40 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) ->
 
 
 class ScoreTable:
-    """Dice and HD95 per subset and region, summed over cases; :meth:`result` averages them into the
-    dictionary :func:`evaluate` returns (also used by benchmarks that score other predictions)."""
+    """Dice and HD95 per case, subset and region; :meth:`result` averages them over the cases into
+    the dictionary :func:`evaluate` returns (also used by benchmarks that score other predictions)."""
 
     def __init__(self, subset_keys: Sequence[str], spacing_mm: float) -> None:
         self.spacing = (spacing_mm,) * 3
-        self.dice = {key: dict.fromkeys(REPORTED_REGIONS, 0.0) for key in subset_keys}
-        self.hd95 = {key: dict.fromkeys(REPORTED_REGIONS, 0.0) for key in subset_keys}
+        self.subset_keys = list(subset_keys)
+        self.dice: Dict[str, Dict[str, Dict[str, float]]] = {}  # case -> subset -> region -> Dice
+        self.hd95: Dict[str, Dict[str, Dict[str, float]]] = {}
 
-    def add(self, key: str, found: np.ndarray, truth: np.ndarray) -> None:
+    def add(self, case: str, key: str, found: np.ndarray, truth: np.ndarray) -> None:
         """Score one case's region masks ``found`` against ``truth`` (both ``regions_from_labels``)."""
+        dice_row = self.dice.setdefault(case, {}).setdefault(key, {})
+        hd_row = self.hd95.setdefault(case, {}).setdefault(key, {})
         for region in REPORTED_REGIONS:
             index = REGION_INDEX[region]
-            self.dice[key][region] += dice(found[index], truth[index])
-            self.hd95[key][region] += hd95(found[index], truth[index], self.spacing)
+            dice_row[region] = dice(found[index], truth[index])
+            hd_row[region] = hd95(found[index], truth[index], self.spacing)
 
-    def result(self, cases: int, postprocess: str, mirror_axes: Sequence[int]) -> Dict[str, object]:
-        n = max(cases, 1)
-        table = {k: {r: round(v / n, 4) for r, v in per.items()} for k, per in self.dice.items()}
-        hd = {k: {r: round(v / n, 2) for r, v in per.items()} for k, per in self.hd95.items()}
+    def result(self, postprocess: str, mirror_axes: Sequence[int]) -> Dict[str, object]:
+        """The averages over the scored cases, and every case's own figures under ``per_case``."""
+        cases = list(self.dice)
+
+        def mean(scores: Dict[str, Dict[str, Dict[str, float]]], key: str, region: str) -> float:
+            return float(np.mean([scores[case][key][region] for case in cases])) if cases else 0.0
+
+        table = {k: {r: round(mean(self.dice, k, r), 4) for r in REPORTED_REGIONS} for k in self.subset_keys}
+        hd = {k: {r: round(mean(self.hd95, k, r), 2) for r in REPORTED_REGIONS} for k in self.subset_keys}
         average = {r: round(float(np.mean([table[k][r] for k in table])), 4) for r in REPORTED_REGIONS}
         hd_average = {r: round(float(np.mean([hd[k][r] for k in hd])), 2) for r in REPORTED_REGIONS}
-        return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": cases,
-                "postprocess": postprocess, "mirror_axes": list(mirror_axes)}
+        per_case = {case: {"dice": {k: {r: round(v, 4) for r, v in per.items()} for k, per in self.dice[case].items()},
+                           "hd95": {k: {r: round(v, 2) for r, v in per.items()} for k, per in self.hd95[case].items()}}
+                    for case in cases}
+        return {"subsets": table, "average": average, "hd95": hd, "hd95_average": hd_average, "cases": len(cases),
+                "postprocess": postprocess, "mirror_axes": list(mirror_axes), "per_case": per_case}
 
 
 @torch.no_grad()
@@ -84,7 +95,8 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
              device: torch.device, subsets: Optional[Sequence[Sequence[str]]] = None,
              on_step: Optional[Callable[[], None]] = None, postprocess: str = "none",
              mirror_axes: Sequence[int] = ()) -> Dict[str, object]:
-    """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...}``.
+    """``{"subsets": {key: {"ET": d, "TC": d, "WT": d}}, "average": {...}, "hd95": {...}, ...,
+    "per_case": {case: {"dice": {key: {...}}, "hd95": {key: {...}}}}}``.
 
     ``postprocess`` is a rule of ``lckd segment --postprocess`` (:data:`lckd.postprocessing.RULES`),
     applied on the evaluation grid (sizes in mL, so it means the same as on the output grid);
@@ -101,11 +113,12 @@ def evaluate(model: LCKDNet, cases: Sequence[CachedCase], tile_size: Sequence[in
             probabilities = sliding_window_probabilities(model, images, presence_mask(subset), tile_size,
                                                          mirror_axes=mirror_axes)
             labels = labels_from_regions(probabilities.cpu().numpy())
-            scores.add(subset_key(subset), found_regions(labels, case, subset, postprocess, spacing_mm), truth)
+            scores.add(case.name, subset_key(subset), found_regions(labels, case, subset, postprocess, spacing_mm),
+                       truth)
             if on_step is not None:
                 on_step()
     model.train(was_training)
-    return scores.result(len(cases), postprocess, mirror_axes)
+    return scores.result(postprocess, mirror_axes)
 
 
 def found_regions(labels: np.ndarray, case: CachedCase, subset: Sequence[str], postprocess: str,

@@ -8,12 +8,14 @@ from typing import Dict
 import numpy as np
 
 from lckd.io import atomic_path
+from lckd.sequences import SEQUENCES, subset_key
 
 REGIONS = ("ET", "TC", "WT")
+ALL_FOUR = subset_key(SEQUENCES)
 
 
 def markdown_table(evaluation: Dict[str, object], title: str = "") -> str:
-    """Dice (%) and HD95 (mm) per subset, then the 15-subset average."""
+    """Dice (%) and HD95 (mm) per subset, then the 15-subset average, then :func:`per_case_table`."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| sequences | Dice ET | Dice TC | Dice WT | HD95 ET | HD95 TC | HD95 WT |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -24,7 +26,23 @@ def markdown_table(evaluation: Dict[str, object], title: str = "") -> str:
     average, hd_average = evaluation["average"], evaluation["hd95_average"]
     lines.append("| **average** | " + " | ".join(f"**{100 * average[r]:.1f}**" for r in REGIONS) + " | "
                  + " | ".join(f"{hd_average[r]:.1f}" for r in REGIONS) + " |")
+    if evaluation.get("per_case"):
+        lines += ["", per_case_table(evaluation["per_case"])]
     return "\n".join(lines) + "\n"
+
+
+def per_case_table(per_case: Dict[str, Dict[str, Dict[str, Dict[str, float]]]]) -> str:
+    """One row per case: Dice (%) and HD95 (mm) with all four sequences, and its Dice averaged over the
+    subsets it was scored on (the 15 of ``lckd evaluate``)."""
+    lines = ["| case | all four: Dice ET | TC | WT | HD95 ET | TC | WT | subset mean: Dice ET | TC | WT |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for case, scores in per_case.items():
+        dice, hd = scores["dice"], scores["hd95"]
+        full = (" | ".join(f"{100 * dice[ALL_FOUR][r]:.1f}" for r in REGIONS) + " | "
+                + " | ".join(f"{hd[ALL_FOUR][r]:.1f}" for r in REGIONS)) if ALL_FOUR in dice else " | ".join(["-"] * 6)
+        mean = " | ".join(f"{100 * float(np.mean([d[r] for d in dice.values()])):.1f}" for r in REGIONS)
+        lines.append(f"| {case} | {full} | {mean} |")
+    return "\n".join(lines)
 
 
 def heat_map(evaluation: Dict[str, object], path: Path, title: str = "Dice per subset") -> Path:

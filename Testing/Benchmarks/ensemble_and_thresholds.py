@@ -102,10 +102,10 @@ def main() -> None:
             for name, members, threshold in tried:
                 averaged = np.mean([probabilities[m] for m in members], axis=0)
                 labels = labels_from_regions(averaged > threshold[:, None, None, None])
-                tables[name].add(subset_key(subset), found_regions(labels, prepared, subset, args.postprocess,
-                                                                   spacing), truth)
+                tables[name].add(prepared.name, subset_key(subset),
+                                 found_regions(labels, prepared, subset, args.postprocess, spacing), truth)
         print(f"{prepared.name}: done", flush=True)
-    results = {name: table.result(len(cases), args.postprocess, []) for name, table in tables.items()}
+    results = {name: table.result(args.postprocess, []) for name, table in tables.items()}
     args.out.write_text(json.dumps({"models": {k: str(v) for k, v in models.items()}, "mirror_axes": args.mirror_axes,
                                     "cases": [c.name for c in cases], "candidates": results}, indent=2))
     print(method_comparison.markdown(results).split("\n\n")[0])

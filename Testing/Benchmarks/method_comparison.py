@@ -2,10 +2,11 @@
 ``evaluation.json`` that ``lckd evaluate`` wrote for each run.
 
     python Testing/Benchmarks/method_comparison.py LCKD=eval-lckd MetaKD=eval-metakd baseline=eval-baseline
-    python Testing/Benchmarks/method_comparison.py LCKD=eval-fold0,eval-fold1,eval-fold2,eval-fold3,eval-fold4
+    python Testing/Benchmarks/method_comparison.py --per-case CV=eval-fold0,eval-fold1,eval-fold2,eval-fold3,eval-fold4
 
 Several folders for one label (the validation folds of a cross-validation) are pooled into one
-table over all their cases, each fold weighted by its number of cases.
+table over all their cases, each fold weighted by its number of cases. ``--per-case`` adds each
+label's table of every case (from the ``per_case`` figures that ``lckd evaluate`` writes).
 
 Prints the 15-subset averages (Dice %, HD95 mm), issue 12's goal figures (the mean of ET / TC / WT
 with all four sequences; its average over the single sequences and pairs without T1ce; and, as the
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from lckd.sequences import SEQUENCES, all_subsets, subset_key
+from training.report import per_case_table
 
 REGIONS = ("ET", "TC", "WT")
 ALL_FOUR = subset_key(SEQUENCES)
@@ -88,9 +90,12 @@ def pool(evaluations: Sequence[Dict[str, object]]) -> Dict[str, object]:
                 for key in evaluations[0][field]}
 
     subsets, hd95 = pooled("subsets"), pooled("hd95")
-    return {"subsets": subsets, "hd95": hd95, "cases": total,
-            "average": {r: sum(s[r] for s in subsets.values()) / len(subsets) for r in REGIONS},
-            "hd95_average": {r: sum(h[r] for h in hd95.values()) / len(hd95) for r in REGIONS}}
+    result = {"subsets": subsets, "hd95": hd95, "cases": total,
+              "average": {r: sum(s[r] for s in subsets.values()) / len(subsets) for r in REGIONS},
+              "hd95_average": {r: sum(h[r] for h in hd95.values()) / len(hd95) for r in REGIONS}}
+    if all("per_case" in e for e in evaluations):
+        result["per_case"] = {case: scores for e in evaluations for case, scores in e["per_case"].items()}
+    return result
 
 
 def parse_runs(pairs: Sequence[str]) -> Dict[str, Dict[str, object]]:
@@ -113,7 +118,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER",
                         help="a method's lckd evaluate folder (or folders, comma-separated, pooled)")
-    print(markdown(parse_runs(parser.parse_args().runs)), end="")
+    parser.add_argument("--per-case", action="store_true", help="also every case's figures, per label")
+    args = parser.parse_args()
+    evaluations = parse_runs(args.runs)
+    print(markdown(evaluations), end="")
+    if args.per_case:
+        for label, result in evaluations.items():
+            if "per_case" not in result:
+                raise SystemExit(f"{label}: an evaluation without per-case figures (written before lckd evaluate "
+                                 "kept them); evaluate it again")
+            print(f"\n{label}, per case:\n\n{per_case_table(result['per_case'])}")
 
 
 if __name__ == "__main__":
