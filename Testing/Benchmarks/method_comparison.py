@@ -21,11 +21,9 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from lckd.sequences import SEQUENCES, all_subsets, subset_key
-from training.report import per_case_table
+from lckd.sequences import all_subsets, subset_key
+from training.report import ALL_FOUR, REGIONS, per_case_table
 
-REGIONS = ("ET", "TC", "WT")
-ALL_FOUR = subset_key(SEQUENCES)
 # The subsets of issue 12's second goal: one or two sequences, none of them T1ce (the strict reading;
 # the issue's words, "the four single sequences and the pairs without T1ce", also include T1ce alone).
 WITHOUT_T1CE = tuple(subset_key(s) for s in all_subsets() if len(s) <= 2 and "t1ce" not in s)
