@@ -17,7 +17,6 @@ NECROSIS = 1
 OEDEMA = 2
 #: The enhancing-tumour label value of each output convention.
 ET_LABEL = {"brats2018": 4, "brats2023": 3}
-LABEL_NAMES = {NECROSIS: "necrosis", OEDEMA: "oedema", 4: "enhancing tumour", 3: "enhancing tumour"}
 
 
 def et_label_of(convention: str) -> int:

@@ -12,9 +12,8 @@ from typing import Iterable, List, Sequence, Tuple
 SEQUENCES: Tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 REGIONS: Tuple[str, ...] = ("ET", "WT", "TC")
 
-#: Human-readable names, used in messages and the Slicer module.
+#: Human-readable sequence names, used in messages and the Slicer module.
 SEQUENCE_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
-REGION_TITLES = {"ET": "enhancing tumour", "WT": "whole tumour", "TC": "tumour core"}
 
 
 def presence_mask(available: Iterable[str]) -> List[bool]:
