@@ -31,7 +31,6 @@ from training.data import (
     load_cached,
     load_or_make_split,
     make_split,
-    random_patch,
     read_split_file,
 )
 from training.distributed import rank_batch_size
@@ -230,8 +229,8 @@ def test_patches_are_reproducible_and_sample_the_tumour():
     assert a["regions"].shape == (3, 32, 32, 32)
     hits = [float(dataset[i]["regions"][1].sum()) > 0 for i in range(10)]
     assert sum(hits) >= 8  # foreground-centred patches contain tumour (augmentation may shift a little)
-    images, patch_labels = random_patch(case, (48, 64, 64), np.random.default_rng(1), 0.0)
-    assert images.shape == (4, 48, 64, 64) and patch_labels.shape == (48, 64, 64)  # zero-padded
+    larger = PatchDataset([case], TrainConfig(tile_size=(48, 64, 64), foreground_fraction=0.0))[1]
+    assert larger["images"].shape == (4, 48, 64, 64) and larger["regions"].shape == (3, 48, 64, 64)  # zero-padded
 
 
 @pytest.mark.parametrize("chain", ["monai", "fast", "released"])

@@ -272,12 +272,6 @@ def crop(case: CachedCase, start: Sequence[int], size: Sequence[int]) -> Tuple[n
     return images, labels
 
 
-def random_patch(case: CachedCase, tile: Sequence[int], rng: np.random.Generator,
-                 foreground_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
-    """A tile-sized patch (zero-padded if the case is smaller) at :func:`patch_start`."""
-    return crop(case, patch_start(case, tile, rng, foreground_fraction), tile)
-
-
 class PatchDataset(Dataset):
     """Map-style dataset: item ``i`` is the ``i``-th training sample of the run (seeded by ``i``).
 
