@@ -12,7 +12,6 @@ from lckd.network import (
     PhaseSplitConv,
     WidthUnfoldConv,
     WSConv3d,
-    count_parameters,
     network_config,
 )
 
@@ -20,7 +19,7 @@ PAPER_PARAMETERS = 43_656_672
 
 
 def test_paper_preset_matches_published_parameter_count():
-    count = count_parameters(LCKDNet(PRESETS["paper"]))
+    count = sum(p.numel() for p in LCKDNet(PRESETS["paper"]).parameters())
     assert abs(count - PAPER_PARAMETERS) / PAPER_PARAMETERS < 0.005, count
 
 

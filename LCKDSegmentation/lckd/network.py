@@ -435,7 +435,3 @@ class InferenceNorm(nn.GroupNorm):
             out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
             return out.contiguous(memory_format=torch.channels_last_3d)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
