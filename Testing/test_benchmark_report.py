@@ -73,6 +73,35 @@ def test_device_kind_names_the_cpu_instruction_set(bench):
     assert bench.device_kind("cuda") == ("gpu", "GPU")
 
 
+@pytest.mark.parametrize("bf16, amx, suffix, words", [(False, False, "", "(no native bf16)"),
+                                                       (True, False, "-bf16", "with native bf16"),
+                                                       (True, True, "-amx", "with AMX (native bf16)")])
+def test_amx_and_avx512_bf16_keep_separate_sections(bench, monkeypatch, bf16, amx, suffix, words):
+    """bf16 runs on AMX tiles on one CPU and on AVX-512 on another: their timings must not replace each other."""
+    import torch
+
+    import lckd.inference
+
+    monkeypatch.setattr(bench, "native_bf16", lambda device: bf16)
+    monkeypatch.setattr(lckd.inference, "cpu_has_amx", lambda: amx)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert bench.device_kind("cpu") == (f"cpu-{capability.lower()}{suffix}", f"CPU, {capability} {words}")
+
+
+def test_precision_agreement_names_its_cases(bench, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "device_kind", lambda device: ("cpu-x", "CPU X"))
+    rows = [{"name": "MONAI SegResNet", "wall_s": 2.0, "peak_gb": 1.0, "note": ""}]
+    agreement = {"model": "m.safetensors", "source": "BraTS 2018", "cases": 2, "subsets": 15,
+                 "dice_mean": {"ET": 0.99, "TC": 0.995, "WT": 0.999}, "dice_min": {"ET": 0.9, "TC": 0.95, "WT": 0.98},
+                 "worst": {"ET": {"subset": "t1", "case": "Brats18_X", "fp32_voxels": 12}},
+                 "paper_tile_mean_abs_probability_difference": 0.001}
+    report = tmp_path / "Benchmarks.md"
+    bench.write_report(report, "cpu", rows, [], [], agreement, [], None, (0.0, 0.0))
+    text = report.read_text()
+    assert "m.safetensors, 2 BraTS 2018 cases x 15 subsets" in text
+    assert "| lowest | 0.9000 | 0.9500 | 0.9800 |" in text and "ET t1 (case Brats18_X, 12 voxels in fp32)" in text
+
+
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -46,9 +46,12 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
 
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX-512-BF16 or AMX); torch emulates it otherwise."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or cpu_has_amx())
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tile units (bf16 matrix multiplication; Intel Xeon since Sapphire Rapids)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def count_windows(shape: Sequence[int], tile: Sequence[int], overlap: float = OVERLAP) -> int:

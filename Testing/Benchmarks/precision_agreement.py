@@ -1,8 +1,9 @@
 """Agreement of bf16 with fp32 inference: Dice between the two label maps per region (ET, TC, WT)
-for the bundled demo model (trained weights) on phantom cases and all 15 subsets of sequences
-(the worst pair named with its region's size), and the mean probability difference of the paper
-preset on one tile (random weights, where no trained paper weights are bundled: a probe of how
-rounding grows with the network's depth).
+for the bundled default model on real BraTS 2018 cases (the first ``--cases`` of ../shared/data,
+where it lies beside the repository; phantom cases otherwise) and all 15 subsets of sequences (the
+worst pair named with its region's size), and the mean probability difference of the paper preset
+on one tile (random weights, where no trained paper weights are bundled: a probe of how rounding
+grows with the network's depth).
 
 Both precisions run the CPU path `lckd segment` takes (frozen, channels-last). Prints one JSON line.
 
@@ -32,6 +33,9 @@ from lckd.segmenter import Segmenter
 from lckd.sequences import all_subsets
 from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_data import BRATS2018  # noqa: E402  (Testing/real_data.py: where ../shared/data lies)
+
 
 def paper_probability_difference() -> float:
     """Mean |p_bf16 - p_fp32| over one paper tile with all four sequences (random weights)."""
@@ -48,14 +52,20 @@ def paper_probability_difference() -> float:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=2, help="phantom cases (seeds 100, 101, ...; 1 mm)")
+    parser.add_argument("--cases", type=int, default=2,
+                        help="cases: the first BraTS 2018 case folders of ../shared/data, else phantoms (seeds 100, "
+                             "101, ...; 1 mm)")
     args = parser.parse_args(argv)
     segmenters = {precision: Segmenter(BUNDLED_MODEL, device="cpu", precision=precision)
                   for precision in ("fp32", "bf16")}
     scores = {region: [] for region in REPORTED_REGIONS}
     worst = {}
     with tempfile.TemporaryDirectory() as work:
-        for case, folder in enumerate(write_cases(Path(work), n_cases=args.cases, seed=100)):
+        if BRATS2018.is_dir():
+            source, folders = "BraTS 2018", sorted(p for p in BRATS2018.iterdir() if p.is_dir())[:args.cases]
+        else:
+            source, folders = "phantom", write_cases(Path(work), n_cases=args.cases, seed=100)
+        for folder in folders:
             volumes = {name: load_volume(path) for name, path in read_case_folder(folder).sequences.items()}
             for subset in all_subsets():
                 regions = [regions_from_labels(segmenters[p].segment_volumes({s: volumes[s] for s in subset}).labels)
@@ -64,9 +74,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     channel = REGION_INDEX[region]
                     scores[region].append(dice(regions[0][channel], regions[1][channel]))
                     if scores[region][-1] <= min(scores[region]):
-                        worst[region] = {"case": case, "subset": "+".join(subset),
+                        worst[region] = {"case": folder.name, "subset": "+".join(subset),
                                          "fp32_voxels": int(regions[0][channel].sum())}
-    result = {"model": BUNDLED_MODEL.name, "cases": args.cases, "subsets": len(all_subsets()),
+    result = {"model": BUNDLED_MODEL.name, "source": source, "cases": len(folders), "subsets": len(all_subsets()),
               "dice_min": {r: round(float(np.min(v)), 4) for r, v in scores.items()},
               "dice_mean": {r: round(float(np.mean(v)), 4) for r, v in scores.items()},
               "worst": worst,

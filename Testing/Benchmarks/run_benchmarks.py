@@ -4,7 +4,7 @@ Resources/Docs/Benchmarks.md (one section per device kind, the rest of the file 
 One run, one synthetic 240x240x155 phantom case, each measurement in a fresh process (so peak
 memory is that process's own): `lckd segment` with the `paper` preset (random weights: the speed
 does not depend on the values) for 4, 2 and 1 sequences in fp32 and, where the device computes
-bf16 natively, bf16; the bundled demo model (fp32 and bf16, with the Dice between their label maps
+bf16 natively, bf16; the bundled default model (fp32 and bf16, with the Dice between their label maps
 per region); MONAI SegResNet configured like MONAI Auto3DSeg's BraTS model through MONAI's
 sliding-window inferer; on a GPU also a warm case (the model already loaded, as in `lckd segment
 --batch`); the training step of the `phantom` preset (and of `paper` on a GPU); on a CPU the
@@ -146,16 +146,21 @@ def machine() -> str:
 
 
 def device_kind(device: str) -> Tuple[str, str]:
-    """The report section's key and title: one per GPU, one per CPU instruction set (with or without
-    native bf16), since the development and CI machines differ and a run replaces only its own kind."""
+    """The report section's key and title: one per GPU, one per CPU instruction set (without native
+    bf16, with AVX-512-BF16, with AMX: bf16 runs on different units), since the development and CI
+    machines differ and a run replaces only its own kind."""
     if device.startswith("cuda"):
         return "gpu", "GPU"
     import torch
 
+    from lckd.inference import cpu_has_amx
+
     capability = torch.backends.cpu.get_cpu_capability()
-    bf16 = native_bf16(device)
-    return (f"cpu-{capability.lower()}{'-bf16' if bf16 else ''}",
-            f"CPU, {capability}{' with native bf16' if bf16 else ' (no native bf16)'}")
+    if not native_bf16(device):
+        return f"cpu-{capability.lower()}", f"CPU, {capability} (no native bf16)"
+    if cpu_has_amx():
+        return f"cpu-{capability.lower()}-amx", f"CPU, {capability} with AMX (native bf16)"
+    return f"cpu-{capability.lower()}-bf16", f"CPU, {capability} with native bf16"
 
 
 def stage_note(stages: Dict[str, float]) -> str:
@@ -216,13 +221,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 {"wall_s": timing["seconds"], "peak_gb": warm["peak_gb"]},
                 f"{stage_note(timing['stages'])}; GPU peak {timing['gpu_peak_gb']:.2f} GB")
     if BUNDLED_MODEL.is_file():
-        demo = segment(BUNDLED_MODEL, dict(files), work / "demo-fp32.nii.gz", args.device)
-        add(f"lckd segment, bundled demo model, 4 sequences, {named('fp32')}", demo, stage_note(demo["stages"]))
+        name = f"lckd segment, bundled default model ({BUNDLED_MODEL.stem}), 4 sequences"
+        bundled = segment(BUNDLED_MODEL, dict(files), work / "bundled-fp32.nii.gz", args.device)
+        add(f"{name}, {named('fp32')}", bundled, stage_note(bundled["stages"]))
         if bf16:
-            demo = segment(BUNDLED_MODEL, dict(files), work / "demo-bf16.nii.gz", args.device, precision="bf16")
-            same = label_dice(work / "demo-fp32.nii.gz", work / "demo-bf16.nii.gz")
-            add(f"lckd segment, bundled demo model, 4 sequences, {named('bf16')}", demo,
-                f"{stage_note(demo['stages'])}; Dice vs the fp32 label map {same}")
+            bundled = segment(BUNDLED_MODEL, dict(files), work / "bundled-bf16.nii.gz", args.device, precision="bf16")
+            same = label_dice(work / "bundled-fp32.nii.gz", work / "bundled-bf16.nii.gz")
+            add(f"{name}, {named('bf16')}", bundled,
+                f"{stage_note(bundled['stages'])}; Dice vs the fp32 label map {same}")
     script = work / "segresnet.py"
     script.write_text(SEGRESNET_SCRIPT)
     order = ("flair", "t1", "t1ce", "t2")
@@ -335,7 +341,8 @@ def write_report(report: Path, device: str, rows: List[Dict], training: List[Dic
         worst = "; ".join(f"{region} {w['subset']} (case {w['case']}, {w['fp32_voxels']} voxels in fp32)"
                           for region, w in agreement["worst"].items())
         lines += ["", f"bf16 against fp32 (`precision_agreement.py`): {agreement['model']}, {agreement['cases']} "
-                  f"phantom cases x {agreement['subsets']} subsets, Dice between the label maps:", "",
+                  f"{agreement.get('source', 'phantom')} cases x {agreement['subsets']} subsets, Dice between the "
+                  "label maps:", "",
                   "| | ET | TC | WT |", "| --- | ---: | ---: | ---: |",
                   "| mean | " + " | ".join(f"{agreement['dice_mean'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
                   "| lowest | " + " | ".join(f"{agreement['dice_min'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
