@@ -22,7 +22,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from lckd.cases import read_case_folder
+from lckd.cases import find_cases, read_case_folder
 from lckd.cli import BUNDLED_MODEL
 from lckd.inference import TilePredictor
 from lckd.io import load_volume
@@ -62,11 +62,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     worst = {}
     with tempfile.TemporaryDirectory() as work:
         if BRATS2018.is_dir():
-            source, folders = "BraTS 2018", sorted(p for p in BRATS2018.iterdir() if p.is_dir())[:args.cases]
+            source, cases = "BraTS 2018", find_cases(BRATS2018)[:args.cases]
         else:
-            source, folders = "phantom", write_cases(Path(work), n_cases=args.cases, seed=100)
-        for folder in folders:
-            volumes = {name: load_volume(path) for name, path in read_case_folder(folder).sequences.items()}
+            source = "phantom"
+            cases = [read_case_folder(folder) for folder in write_cases(Path(work), n_cases=args.cases, seed=100)]
+        for case in cases:
+            volumes = {name: load_volume(path) for name, path in case.sequences.items()}
             for subset in all_subsets():
                 regions = [regions_from_labels(segmenters[p].segment_volumes({s: volumes[s] for s in subset}).labels)
                            for p in ("fp32", "bf16")]
@@ -74,9 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     channel = REGION_INDEX[region]
                     scores[region].append(dice(regions[0][channel], regions[1][channel]))
                     if scores[region][-1] <= min(scores[region]):
-                        worst[region] = {"case": folder.name, "subset": "+".join(subset),
+                        worst[region] = {"case": case.name, "subset": "+".join(subset),
                                          "fp32_voxels": int(regions[0][channel].sum())}
-    result = {"model": BUNDLED_MODEL.name, "source": source, "cases": len(folders), "subsets": len(all_subsets()),
+    result = {"model": BUNDLED_MODEL.name, "source": source, "cases": len(cases), "subsets": len(all_subsets()),
               "dice_min": {r: round(float(np.min(v)), 4) for r, v in scores.items()},
               "dice_mean": {r: round(float(np.mean(v)), 4) for r, v in scores.items()},
               "worst": worst,

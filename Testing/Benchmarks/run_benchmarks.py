@@ -341,7 +341,7 @@ def write_report(report: Path, device: str, rows: List[Dict], training: List[Dic
         worst = "; ".join(f"{region} {w['subset']} (case {w['case']}, {w['fp32_voxels']} voxels in fp32)"
                           for region, w in agreement["worst"].items())
         lines += ["", f"bf16 against fp32 (`precision_agreement.py`): {agreement['model']}, {agreement['cases']} "
-                  f"{agreement.get('source', 'phantom')} cases x {agreement['subsets']} subsets, Dice between the "
+                  f"{agreement['source']} cases x {agreement['subsets']} subsets, Dice between the "
                   "label maps:", "",
                   "| | ET | TC | WT |", "| --- | ---: | ---: | ---: |",
                   "| mean | " + " | ".join(f"{agreement['dice_mean'][r]:.4f}" for r in ("ET", "TC", "WT")) + " |",
