@@ -19,8 +19,11 @@ import torch
 from lckd.model_file import ModelCard, save_model
 from lckd.network import PRESETS, LCKDNet
 
-# Two workers share the 2-core CI machine: one torch thread each keeps them from fighting.
-torch.set_num_threads(int(os.environ.get("LCKD_TEST_THREADS", "1")))
+# Two workers share the 2-core CI machine: one torch thread each (and one ITK thread for the
+# registrations of --preprocess, read when SimpleITK loads) keeps them from fighting.
+TEST_THREADS = int(os.environ.get("LCKD_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(TEST_THREADS))
 
 TINY_TILE = [32, 64, 64]
 
@@ -32,6 +35,14 @@ def make_tiny_model_file(path: Path, seed: int = 0, spacing_mm=(2.0, 2.0, 2.0), 
     card = ModelCard(preset="tiny", network=model.config.to_dict(), tile_size=list(TINY_TILE),
                      spacing_mm=list(spacing_mm), name="tiny-test", **card_fields)
     return save_model(path, model, card)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """`lckd segment --threads N` run in a test's process sets torch's thread count for the whole
+    worker; give the next test the worker's one thread back."""
+    yield
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")

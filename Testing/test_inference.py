@@ -1,5 +1,5 @@
-"""Sliding-window inference: absent-sequence reuse, channels-last and bf16 against the plain path; tile counting;
-precision."""
+"""Sliding-window inference: absent-sequence reuse, channels-last and bf16 against the plain path; ensembles;
+tile counting; precision."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from lckd.ensemble import NetworkEnsemble
 from lckd.inference import (
     count_windows,
     cpu_has_native_bf16,
@@ -54,6 +55,25 @@ def test_mirroring_averages_the_flipped_back_passes(model):
     torch.testing.assert_close(mirrored, sum(passes) / 4, atol=1e-5, rtol=0)
     assert (mirrored - passes[0]).abs().max() > 1e-3  # the tiny random network is not symmetric
     assert sum(tiles) == 4 * count_windows(images.shape[1:], TILE)
+
+
+def test_an_ensemble_averages_its_networks_probabilities(model):
+    torch.manual_seed(7)
+    other = LCKDNet(PRESETS["tiny"]).freeze_for_inference()
+    ensemble = NetworkEnsemble([copy.deepcopy(model), other])
+    images = torch.randn(4, 40, 70, 90)
+    present = presence_mask(("t1", "t2"))
+    tiles = []
+    averaged = sliding_window_probabilities(ensemble, images, present, TILE, mirror_axes=(2,), on_tile=tiles.append)
+    each = [sliding_window_probabilities(network, images, present, TILE, mirror_axes=(2,))
+            for network in (model, other)]
+    torch.testing.assert_close(averaged, (each[0] + each[1]) / 2, atol=1e-5, rtol=0)
+    assert (each[0] - each[1]).abs().max() > 1e-2  # two different networks
+    assert sum(tiles) == 2 * count_windows(images.shape[1:], TILE)  # each tile counted once, not per network
+    with pytest.raises(ValueError, match="share one architecture"):
+        NetworkEnsemble([model, LCKDNet(PRESETS["demo"])])
+    with pytest.raises(ValueError, match="at least two"):
+        NetworkEnsemble([model])
 
 
 def test_count_windows_small_image_is_one_tile():

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import make_tiny_model_file
+from lckd.ensemble import NetworkEnsemble
 from lckd.errors import ModelFileError
-from lckd.model_file import CARD_KEY, ModelCard, load_model, read_card, save_model
+from lckd.model_file import CARD_KEY, FORMAT_VERSION, ModelCard, load_model, read_card, save_model
 from lckd.network import PRESETS, LCKDNet
 
 
@@ -30,6 +31,26 @@ def test_round_trip_keeps_weights_and_card(tmp_path):
     assert card.expected_dice("t2") is None
     assert read_card(path) == card
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_an_ensemble_file_holds_every_network_and_says_so(tmp_path, tiny_model):
+    networks = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        networks.append(LCKDNet(PRESETS["tiny"]))
+    card = ModelCard(preset="tiny", network=PRESETS["tiny"].to_dict(), tile_size=[32, 64, 64], name="pair")
+    path = save_model(tmp_path / "pair.safetensors", NetworkEnsemble(networks), card)
+    model, loaded = load_model(path)
+    assert isinstance(model, NetworkEnsemble) and len(model.members) == 2
+    for network, member in zip(networks, model.members):
+        for name, tensor in network.state_dict().items():
+            torch.testing.assert_close(member.state_dict()[name], tensor)
+    assert loaded.members == 2 and loaded.format_version == FORMAT_VERSION == 2 and card.members == 1
+    assert read_card(tiny_model).format_version == 1  # one network: read by programs older than ensembles
+    with pytest.raises(ModelFileError, match="do not match preset"):  # a card that claims one network too many
+        load_model(_rewrite_card(path, tmp_path / "three.safetensors", members=3))
+    with pytest.raises(ModelFileError, match="field members"):
+        read_card(_rewrite_card(path, tmp_path / "none.safetensors", members=0))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".bin"])

@@ -89,7 +89,7 @@ def test_slicer_logic_segments_a_real_case_on_slicer_core():
     for name in ("flair", "t1ce", "t2"):
         image = nib.load(str(case.sequences[name]))
         volumes[name] = add_volume(scene, f"{SLICER_CASE}_{name}", np.asarray(image.dataobj), image.affine)
-    options = SegmentationOptions(modelPath=default_model(), device="cpu", threads=2)
+    options = SegmentationOptions(modelPath=default_model(), device="cpu", threads=1)
     result = LCKDSegmentationLogic().segment(scene, volumes, options, timeout=600)
     truth = np.asarray(nib.load(str(case.segmentation)).dataobj)
     truth_ml = {"WT": float((truth > 0).sum()) / 1000.0, "TC": float(np.isin(truth, (1, 4)).sum()) / 1000.0}

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,6 +138,8 @@ def test_expectation_text_shows_the_cost_of_missing_sequences(tmp_path):
     info = modelText(summary)
     assert "Elected teachers: ET T1ce, TC T1ce, WT FLAIR." in info
     assert "Learned importance weights: FLAIR 0.40, T1 0.10, T1ce 0.30, T2 0.20." in info
+    assert "Ensemble" not in info
+    assert "Ensemble of 3 networks; their probabilities are averaged." in modelText(replace(summary, members=3))
     without = readModelSummary(make_tiny_model_file(tmp_path / "bare.safetensors"))
     assert "no validation table" in expectationText(without, ["t1"])
 

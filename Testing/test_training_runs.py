@@ -128,6 +128,7 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
         assert result["subsets"]["t1ce"][region] == pytest.approx(
             sum(result["per_case"][c]["dice"]["t1ce"][region] for c in ("Case_00", "Case_01")) / 2, abs=1e-4)
     assert (tmp_path / "eval" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
     assert "| **average** |" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| Case_01 |" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert read_card(model).validation == result and result["postprocess"] == "none"
@@ -147,6 +148,51 @@ def test_trained_model_segments_and_evaluates(trained, t1ce_cases, tmp_path):
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(data), "--model", str(model), "--out", str(tmp_path / "x"),
               "--mirror-axes", "3"])
+
+
+def test_an_ensemble_of_trained_models_segments_evaluates_and_refuses_misfits(trained, t1ce_cases, cache, tmp_path,
+                                                                             capsys):
+    single = trained / "model.safetensors"
+    twin = shutil.copy(single, tmp_path / "twin.safetensors")
+    pair = tmp_path / "pair.safetensors"
+    assert main(["ensemble", str(single), str(twin), "--out", str(pair), "--mirror-axes", "2",
+                 "--description", "two copies"]) == 0
+    card, first = read_card(pair), read_card(single)
+    assert card.members == 2 and card.mirror_axes == [2] and card.validation is None and card.name == "pair"
+    assert [member["file"] for member in card.training["members"]] == ["model.safetensors", "twin.safetensors"]
+    assert card.training["members"][0]["teachers"] == first.teachers and card.method == "lckd"
+    assert card.training["validation_cases"] == first.training["validation_cases"]
+    assert card.training["training_cases"] == sorted(first.training["training_cases"])
+
+    other = tmp_path / "demo.safetensors"
+    demo = network_config("demo")
+    save_model(other, LCKDNet(demo), replace(first, preset="demo", network=demo.to_dict()))
+    capsys.readouterr()
+    refused = {"exists": [str(single), str(twin), "--out", str(pair)],
+               "given twice": [str(single), str(single), "--out", str(tmp_path / "a.safetensors")],
+               "already an ensemble": [str(pair), str(single), "--out", str(tmp_path / "b.safetensors")],
+               "its preset differs": [str(single), str(other), "--out", str(tmp_path / "c.safetensors")]}
+    for message, arguments in refused.items():
+        assert main(["ensemble", *arguments]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.safetensors", "pair.safetensors", "twin.safetensors"]
+
+    case = t1ce_cases / "Case_00"
+    for model in (single, pair):  # two copies of one network: the same probabilities, the same label map
+        assert main(["segment", "--case", str(case), "-o", str(tmp_path / f"{model.stem}.nii.gz"),
+                     "--model", str(model), "--no-tta"]) == 0
+    found = [np.asarray(nib.load(str(tmp_path / f"{m}.nii.gz")).dataobj) for m in ("model", "pair")]
+    assert np.array_equal(found[0], found[1]) and found[0].any()
+    data = tmp_path / "held_out"
+    data.mkdir()
+    (data / "Case_00").symlink_to(case)
+    assert main(["evaluate", "--data", str(data), "--model", str(pair), "--out", str(tmp_path / "eval"),
+                 "--device", "cpu", "--no-progress", "--mirror-axes", "none", "--write-card"]) == 0
+    model, card = load_model(pair)
+    assert card.members == 2 and len(card.validation["subsets"]) == 15 and len(model.members) == 2
+    capsys.readouterr()
+    assert main(train_args(t1ce_cases, tmp_path / "run", cache, "lckd", 1, "--init", str(pair))) == 2
+    assert "this is an ensemble of 2" in capsys.readouterr().err
 
 
 def test_init_starts_from_a_model_files_weights_and_guards_its_validation(trained, t1ce_cases, cache, tmp_path):

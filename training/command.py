@@ -1,4 +1,4 @@
-"""``lckd train`` and ``lckd evaluate``."""
+"""``lckd train``, ``lckd evaluate`` and ``lckd ensemble``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ def add_training_commands(subparsers) -> None:
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
 
+    ensemble = subparsers.add_parser(
+        "ensemble", help="join trained model files into one model that averages their probabilities",
+        description="Write one model file holding several trained networks of one architecture (e.g. the "
+                    "seeds or folds of one recipe); lckd segment and lckd evaluate average their region "
+                    "probabilities tile by tile. Its card has no validation table until lckd evaluate "
+                    "--write-card measures the ensemble.")
+    ensemble.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="two or more model files")
+    ensemble.add_argument("--out", type=Path, required=True, metavar="FILE", help="the new .safetensors file")
+    ensemble.add_argument("--name", help="the model's name (default: the file name without .safetensors)")
+    ensemble.add_argument("--description", default="", help="one paragraph for the model card")
+    ensemble.add_argument("--mirror-axes", type=parse_mirror_axes, default="model", metavar="AXES",
+                          help="test-time mirroring lckd segment applies: model (default: the networks' common "
+                               "axes), none, or network axes, e.g. 2 or 0,1,2")
+    ensemble.add_argument("--postprocess", choices=("model",) + tuple(POSTPROCESSING_RULES), default="model",
+                          metavar="RULE", help="the rule lckd segment applies by default: model (the networks' "
+                                               f"common rule) or one of {', '.join(POSTPROCESSING_RULES)}")
+    ensemble.set_defaults(func=run_ensemble)
+
 
 def parse_mirror_axes(text: str):
     """argparse type of ``--mirror-axes``: ``model``, ``none`` or distinct network axes 0-2."""
@@ -110,6 +128,18 @@ def run_train(args: argparse.Namespace) -> int:
     path = trainer.run()
     if trainer.context.is_main:
         sys.stdout.write(f"model written to {path}\n")
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    from .ensembling import build_ensemble
+
+    mirror_axes = None if args.mirror_axes == "model" else chosen_mirror_axes(args.mirror_axes, [])
+    postprocessing = None if args.postprocess == "model" else "" if args.postprocess == "none" else args.postprocess
+    command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ensemble"] else ""
+    path = build_ensemble(args.models, args.out, args.name, args.description, mirror_axes, postprocessing, command)
+    sys.stdout.write(f"ensemble of {len(args.models)} networks written to {path}; measure it with "
+                     f"lckd evaluate --model {path} --write-card\n")
     return 0
 
 

@@ -210,6 +210,9 @@ class Trainer:
         from lckd.model_file import load_model
 
         model, card = load_model(path)
+        if card.members != 1:
+            raise LCKDError(f"{path}: --init needs one network's model file; this is an ensemble of {card.members} "
+                            f"(give one of its networks' files)")
         if model.config != self.net.config:
             raise LCKDError(f"{path}: --init needs a model of this run's network ({self.config.network}); "
                             f"its card says preset {card.preset!r}")

@@ -42,6 +42,7 @@ class ModelSummary:
     importance: Optional[Dict[str, float]] = None
     validation: Optional[Dict[str, Any]] = None
     training: Dict[str, Any] = field(default_factory=dict)
+    members: int = 1
 
     def expectedDice(self, sequences: Sequence[str]) -> Optional[Dict[str, float]]:
         """Validation Dice per region (ET, TC, WT) with exactly these input sequences, if known."""
@@ -145,6 +146,9 @@ def modelText(summary: ModelSummary) -> str:
         lines.append(summary.description)
     lines.append(_("Method: {method}; network: {preset}.").format(method=summary.method or "?",
                                                                    preset=summary.preset or "?"))
+    if summary.members > 1:
+        lines.append(_("Ensemble of {count} networks; their probabilities are averaged.").format(
+            count=summary.members))
     perRegion = (summary.teachers or {}).get("per_region") or {}
     if perRegion:
         lines.append(_("Elected teachers: {teachers}.").format(teachers=", ".join(

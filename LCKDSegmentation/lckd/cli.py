@@ -299,7 +299,7 @@ def _add_optional_commands(subparsers) -> None:
     try:
         from training.command import add_training_commands
     except ImportError as error:
-        _add_unavailable(subparsers, ["train", "evaluate"],
+        _add_unavailable(subparsers, ["train", "evaluate", "ensemble"],
                          f"the training package is not installed ({error}); install the project with "
                          f"`pip install -e '.[train]'` from a source checkout")
     else:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
+from .ensemble import NetworkEnsemble, networks_of
 from .errors import InputError
 from .network import LCKDNet
 
@@ -147,6 +148,23 @@ class TilePredictor:
         return self.model.decoder.decode_projected(fused, projected)
 
 
+class EnsemblePredictor:
+    """Callable for MONAI: the mean of several networks' :class:`TilePredictor` probabilities for
+    the same tiles (a :class:`lckd.ensemble.NetworkEnsemble`); ``on_tile`` counts each batch once."""
+
+    def __init__(self, predictors: Sequence[TilePredictor], on_tile: Optional[Callable[[int], None]] = None) -> None:
+        self.predictors = list(predictors)
+        self.on_tile = on_tile
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        total = self.predictors[0](tiles)
+        for predictor in self.predictors[1:]:
+            total.add_(predictor(tiles))
+        if self.on_tile is not None:
+            self.on_tile(tiles.shape[0])
+        return total.div_(len(self.predictors))
+
+
 def _convolve(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: bool) -> torch.Tensor:
     """``conv``'s convolution with another weight (a slice of its own), with or without its bias."""
     return F.conv3d(x, weight, conv.bias if bias else None, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -160,7 +178,7 @@ def mirror_flips(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
 
 
 @torch.no_grad()
-def sliding_window_probabilities(model: LCKDNet, images: torch.Tensor, present: Sequence[bool],
+def sliding_window_probabilities(model: LCKDNet | NetworkEnsemble, images: torch.Tensor, present: Sequence[bool],
                                  tile_size: Sequence[int], overlap: float = OVERLAP, sw_batch_size: int = 1,
                                  reuse_absent: bool = True,
                                  on_tile: Optional[Callable[[int], None]] = None,
@@ -171,13 +189,16 @@ def sliding_window_probabilities(model: LCKDNet, images: torch.Tensor, present: 
 
     With ``mirror_axes`` the probabilities are the average over the case mirrored along every
     combination of those axes (:func:`mirror_flips`), each flipped back: test-time mirroring, as
-    nnU-Net does, for a network trained with random flips along them. ``on_tile(n)`` is called
-    after every batch of ``n`` tiles, for progress reporting (each pass visits every tile).
+    nnU-Net does, for a network trained with random flips along them. An ensemble's probabilities
+    are its networks' mean (:class:`EnsemblePredictor`). ``on_tile(n)`` is called after every batch
+    of ``n`` tiles, for progress reporting (each pass visits every tile).
     """
     device = images.device
     mask = torch.tensor(present, dtype=images.dtype, device=device).view(-1, 1, 1, 1)
     batch = (images * mask).unsqueeze(0)
-    predictor = TilePredictor(model, present, reuse_absent, on_tile)
+    networks = networks_of(model)
+    predictor = TilePredictor(networks[0], present, reuse_absent, on_tile) if len(networks) == 1 else \
+        EnsemblePredictor([TilePredictor(network, present, reuse_absent) for network in networks], on_tile)
     flips = mirror_flips(mirror_axes)
     total = None
     for flip in flips:

@@ -1,5 +1,9 @@
 """Model files: one ``.safetensors`` file whose metadata carries a JSON model card.
 
+A file holds one network, or several of one architecture whose probabilities are averaged (an
+ensemble, :class:`lckd.ensemble.NetworkEnsemble`: card field ``members``, tensors named
+``members.K.<name>``, format version 2, which programs older than ensembles refuse by name).
+
 Loading never unpickles anything: the file must be a safetensors file (an 8-byte header length,
 a JSON header, raw tensor bytes). A pickle or a PyTorch zip checkpoint is refused whatever its
 extension. :func:`read_card` parses only the header, with the standard library, so a program
@@ -12,7 +16,7 @@ import contextlib
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -22,7 +26,8 @@ from .postprocessing import RULES as POSTPROCESSING_RULES
 from .sequences import REGIONS, SEQUENCES
 
 FORMAT = "lckd-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this program reads
+SINGLE_NETWORK_VERSION = 1  # written for one network, so programs older than ensembles read it
 CARD_KEY = "lckd_model_card"
 #: a pickle starts with PROTO (0x80) and its protocol, 2-5 (a safetensors header length may start with 0x80)
 PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
@@ -46,13 +51,14 @@ class ModelCard:
     # network axes (0 z, 1 y, 2 x) that test-time mirroring flips by default (lckd.inference.mirror_flips)
     mirror_axes: List[int] = field(default_factory=list)
     training: Dict[str, Any] = field(default_factory=dict)
+    members: int = 1  # networks in the file; more than one: an ensemble, probabilities averaged
     name: str = "unnamed"
     description: str = ""
     sequences: List[str] = field(default_factory=lambda: list(SEQUENCES))
     regions: List[str] = field(default_factory=lambda: list(REGIONS))
     axis_order: str = "zyx-ras"
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_NETWORK_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -115,6 +121,8 @@ def _check_fields(card: ModelCard, source: str) -> None:
     if not isinstance(card.mirror_axes, list) or len(set(card.mirror_axes)) != len(card.mirror_axes) or \
             not all(_is_int(v) and 0 <= v <= 2 for v in card.mirror_axes):
         refuse("mirror_axes", card.mirror_axes, "a list of distinct network axes 0, 1, 2")
+    if not _is_int(card.members) or card.members < 1:
+        refuse("members", card.members, "a whole number of networks, 1 or more")
     if card.axis_order != "zyx-ras":
         refuse("axis_order", card.axis_order, "'zyx-ras'")
     for name in ("network", "normalisation", "training"):
@@ -202,13 +210,18 @@ def read_card(path: PathLike) -> ModelCard:
 
 
 def save_model(path: PathLike, model, card: ModelCard) -> Path:
-    """Write the model's weights and card atomically to ``path`` (``.safetensors``)."""
+    """Write the weights of ``model`` (an :class:`~lckd.network.LCKDNet` or a
+    :class:`~lckd.ensemble.NetworkEnsemble`) and ``card`` atomically to ``path`` (``.safetensors``);
+    the card's ``members`` and ``format_version`` are set from the model."""
     from safetensors.torch import save_file
 
+    from .ensemble import networks_of
     from .network import NetworkConfig
 
     if NetworkConfig.from_dict(card.network) != model.config:
         raise ModelFileError(f"{path}: the card's network settings differ from the model's")
+    members = len(networks_of(model))
+    card = replace(card, members=members, format_version=SINGLE_NETWORK_VERSION if members == 1 else FORMAT_VERSION)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata={CARD_KEY: card.to_json()})
@@ -234,10 +247,12 @@ def _random_initialisation_skipped() -> Iterator[None]:
 
 
 def load_model(path: PathLike, device: str = "cpu"):
-    """Build the network described by the card and load its weights; returns (model, card)."""
+    """Build the network described by the card (a :class:`~lckd.ensemble.NetworkEnsemble` when it
+    has several members) and load its weights; returns (model, card)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .ensemble import NetworkEnsemble
     from .network import PRESETS, LCKDNet, NetworkConfig
 
     path = Path(path)
@@ -257,7 +272,8 @@ def load_model(path: PathLike, device: str = "cpu"):
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{path}: damaged model file ({error})") from None
     with _random_initialisation_skipped():
-        model = LCKDNet(config)
+        networks = [LCKDNet(config) for _ in range(card.members)]
+    model = networks[0] if card.members == 1 else NetworkEnsemble(networks)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if expected != found:
