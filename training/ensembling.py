@@ -9,12 +9,13 @@ averages) under ``training.members``, and has no validation table until ``lckd e
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from lckd.errors import LCKDError, ModelFileError
+from lckd.errors import LCKDError
 from lckd.model_file import ModelCard, load_model, read_card, save_model
+
+from .trainer import describe_model_file
 
 #: card fields the networks of one ensemble must share (one sliding window runs them all)
 SHARED_FIELDS = ("preset", "network", "tile_size", "spacing_mm", "normalisation", "sequences", "regions",
@@ -23,18 +24,18 @@ SHARED_FIELDS = ("preset", "network", "tile_size", "spacing_mm", "normalisation"
 
 def _member(path: Path, card: ModelCard) -> Dict[str, Any]:
     """What the ensemble's card records of one network: its file and its own card's essentials."""
-    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "name": card.name,
-            "method": card.method, "teachers": card.teachers, "importance": card.importance,
-            "validation_average": (card.validation or {}).get("average"), "training": card.training}
+    return {**describe_model_file(path), "method": card.method, "teachers": card.teachers,
+            "importance": card.importance, "validation_average": (card.validation or {}).get("average"),
+            "training": card.training}
 
 
-def _common(cards: Sequence[ModelCard], paths: Sequence[Path], name: str, option: str):
-    """The value of card field ``name`` that every card shares; refused (naming ``option``) if they differ."""
+def _common(cards: Sequence[ModelCard], paths: Sequence[Path], name: str, remedy: str):
+    """The value of card field ``name`` that every card shares; refused (saying ``remedy``) if they differ."""
     values = [getattr(card, name) for card in cards]
     for path, value in zip(paths[1:], values[1:]):
         if value != values[0]:
-            raise LCKDError(f"{path}: its {name} {value!r} differs from {paths[0].name}'s {values[0]!r}; "
-                            f"give {option}")
+            raise LCKDError(f"{path}: its {name} differs from {paths[0].name}'s ({value!r} against {values[0]!r}); "
+                            f"{remedy}")
     return values[0]
 
 
@@ -46,15 +47,12 @@ def ensemble_card(paths: Sequence[Path], cards: Sequence[ModelCard], name: str, 
     ``mirror_axes`` and ``postprocessing`` default to the networks' common ones. The training cases
     are every network's; the validation cases those that every network held out and none trained on.
     """
-    for path, card in zip(paths[1:], cards[1:]):
-        for field_name in SHARED_FIELDS:
-            if getattr(card, field_name) != getattr(cards[0], field_name):
-                raise ModelFileError(f"{path}: its {field_name} differs from {paths[0].name}'s; the networks of "
-                                     f"an ensemble must share {', '.join(SHARED_FIELDS)}")
+    for field_name in SHARED_FIELDS:
+        _common(cards, paths, field_name, f"the networks of an ensemble must share {', '.join(SHARED_FIELDS)}")
     if mirror_axes is None:
-        mirror_axes = _common(cards, paths, "mirror_axes", "--mirror-axes")
+        mirror_axes = _common(cards, paths, "mirror_axes", "give --mirror-axes")
     if postprocessing is None:
-        postprocessing = _common(cards, paths, "postprocessing", "--postprocess")
+        postprocessing = _common(cards, paths, "postprocessing", "give --postprocess")
     trained = sorted({case for card in cards for case in card.training.get("training_cases") or []})
     held_out = [case for case in cards[0].training.get("validation_cases") or []
                 if all(case in (card.training.get("validation_cases") or []) for card in cards) and case not in trained]

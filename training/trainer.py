@@ -144,7 +144,7 @@ class Trainer:
             config = replace(config, kd_weight=0.0)
         if config is not None and method == "lckd" and config.lckd_foreground_fraction >= 0:
             config = replace(config, foreground_fraction=config.lckd_foreground_fraction)
-        self.init = _describe_init(init_file) if init_file is not None else None
+        self.init = describe_model_file(init_file) if init_file is not None else None
         self.config = self._settle_config(config, resume)
         rank_batch_size(self.config.batch_size, self.context.world_size)  # refuses a batch the ranks cannot split
         self.normalisation = Normalisation()
@@ -412,8 +412,8 @@ class Trainer:
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
-def _describe_init(path: Path) -> Dict[str, str]:
-    """What ``--init FILE`` started from: the file's name, SHA-256 and card name (for the provenance)."""
+def describe_model_file(path: Path) -> Dict[str, str]:
+    """A model file's provenance: its name, SHA-256 and card name (``--init FILE``, ``lckd ensemble``)."""
     import hashlib
 
     from lckd.model_file import read_card
