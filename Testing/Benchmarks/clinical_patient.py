@@ -1,0 +1,105 @@
+"""Issue 14's volume criterion for any model file: the clinical patient TCGA-FG-6692, segmented as the
+Training.md tables measure it.
+
+    python Testing/Benchmarks/clinical_patient.py MODEL.safetensors [MODEL2.safetensors ...] [--threads 2]
+
+For each model, two runs of `lckd segment` with all four sequences and ``--postprocess specks`` (the
+model's own test-time mirroring): on the BraTS-space scans (whole-tumour volume, and Dice ET / TC / WT
+against the SIMPLE fusion of five BraTS algorithms), and on the raw native scans with ``--preprocess``
+(whole-tumour volume and the share of it inside HD-BET's brain mask of the reference sequence, T1ce).
+Issue 14's band is the fusion's whole-tumour volume +-30 %. Prints one Markdown row per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import nibabel as nib
+import numpy as np
+
+PATIENT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "clinical" / "TCGA-FG-6692"
+SEQUENCES = ("flair", "t1", "t1ce", "t2")
+REGION_LABELS = {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}  # BraTS labels, as in the fusion
+BAND = 0.3  # issue 14: within +-30 % of the reference volume
+
+
+def _millilitres(image: nib.Nifti1Image, mask: np.ndarray) -> float:
+    return float(mask.sum() * np.prod(image.header.get_zooms()[:3]) / 1000)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+def _segment(model: Path, folder: Path, output: Path, threads: int, preprocess: bool) -> float:
+    """Run `lckd segment` on the four scans of ``folder``; seconds it took."""
+    command = [sys.executable, "-m", "lckd", "segment", "-o", str(output), "--model", str(model),
+               "--postprocess", "specks", "--threads", str(threads), "--progress", "none"]
+    for sequence in SEQUENCES:
+        command += [f"--{sequence}", str(folder / f"{sequence}.nii.gz")]
+    if preprocess:
+        command.append("--preprocess")
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def measure(model: Path, threads: int, work: Path) -> Dict[str, object]:
+    """The figures of one model on the clinical patient."""
+    fusion = nib.load(str(PATIENT / "brats-space" / "reference_fusion_simple.nii.gz"))
+    reference = np.asarray(fusion.dataobj)
+    brats = work / "brats-space.nii.gz"
+    brats_s = _segment(model, PATIENT / "brats-space", brats, threads, preprocess=False)
+    image = nib.load(str(brats))
+    labels = np.asarray(image.dataobj)
+    native = work / "native.nii.gz"
+    native_s = _segment(model, PATIENT / "native", native, threads, preprocess=True)
+    native_image = nib.load(str(native))
+    native_tumour = np.asarray(native_image.dataobj) > 0
+    brain = np.asarray(nib.load(str(PATIENT / "native-hdbet" / "t1ce_brainmask.nii.gz")).dataobj) > 0
+    return {
+        "reference_ml": _millilitres(fusion, reference > 0),
+        "brats_ml": _millilitres(image, labels > 0),
+        "dice": {region: _dice(np.isin(labels, values), np.isin(reference, values))
+                 for region, values in REGION_LABELS.items()},
+        "native_ml": _millilitres(native_image, native_tumour),
+        "inside_brain": float((native_tumour & brain).sum() / max(int(native_tumour.sum()), 1)),
+        "seconds": (brats_s, native_s),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path, help="model files (.safetensors)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for each run (default 2)")
+    args = parser.parse_args()
+    if not PATIENT.is_dir():
+        sys.stderr.write(f"{PATIENT}: the clinical patient is not there\n")
+        return 1
+    rows: List[str] = []
+    for model in args.models:
+        with tempfile.TemporaryDirectory() as work:
+            figures = measure(model, args.threads, Path(work))
+        low, high = (1 - BAND) * figures["reference_ml"], (1 + BAND) * figures["reference_ml"]
+        dice = " / ".join(f"{figures['dice'][r]:.3f}" for r in REGION_LABELS)
+        verdicts = ["in" if low <= figures[key] <= high else "out" for key in ("brats_ml", "native_ml")]
+        rows.append(f"| {model} | {figures['brats_ml']:.1f} ({verdicts[0]}) | {dice} | "
+                    f"{figures['native_ml']:.1f} ({verdicts[1]}) | {100 * figures['inside_brain']:.2f} % | "
+                    f"{figures['seconds'][0]:.1f} / {figures['seconds'][1]:.1f} |")
+        print(rows[-1], flush=True)
+    print(f"\nreference (SIMPLE fusion) {figures['reference_ml']:.1f} mL, band {low:.1f}-{high:.1f} mL\n")
+    print("| model | BraTS space WT mL | Dice ET / TC / WT vs fusion | native --preprocess WT mL "
+          "| inside HD-BET brain | seconds (BraTS space / native) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
