@@ -18,23 +18,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import nibabel as nib
 import numpy as np
 
+from lckd.labels import region_volumes_ml, regions_from_labels
+from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
+
 PATIENT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "clinical" / "TCGA-FG-6692"
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
-REGION_LABELS = {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}  # BraTS labels, as in the fusion
 BAND = 0.3  # issue 14: within +-30 % of the reference volume
 
 
-def _millilitres(image: nib.Nifti1Image, mask: np.ndarray) -> float:
-    return float(mask.sum() * np.prod(image.header.get_zooms()[:3]) / 1000)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+def _labels(path: Path) -> Tuple[np.ndarray, float]:
+    """A label map and its voxel volume in mm3."""
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj), float(np.prod(image.header.get_zooms()[:3]))
 
 
 def _segment(model: Path, folder: Path, output: Path, threads: int, preprocess: bool) -> float:
@@ -52,25 +52,21 @@ def _segment(model: Path, folder: Path, output: Path, threads: int, preprocess: 
 
 def measure(model: Path, threads: int, work: Path) -> Dict[str, object]:
     """The figures of one model on the clinical patient."""
-    fusion = nib.load(str(PATIENT / "brats-space" / "reference_fusion_simple.nii.gz"))
-    reference = np.asarray(fusion.dataobj)
-    brats = work / "brats-space.nii.gz"
-    brats_s = _segment(model, PATIENT / "brats-space", brats, threads, preprocess=False)
-    image = nib.load(str(brats))
-    labels = np.asarray(image.dataobj)
-    native = work / "native.nii.gz"
-    native_s = _segment(model, PATIENT / "native", native, threads, preprocess=True)
-    native_image = nib.load(str(native))
-    native_tumour = np.asarray(native_image.dataobj) > 0
+    reference, reference_mm3 = _labels(PATIENT / "brats-space" / "reference_fusion_simple.nii.gz")
+    seconds = (_segment(model, PATIENT / "brats-space", work / "brats-space.nii.gz", threads, preprocess=False),
+               _segment(model, PATIENT / "native", work / "native.nii.gz", threads, preprocess=True))
+    labels, voxel_mm3 = _labels(work / "brats-space.nii.gz")
+    native, native_mm3 = _labels(work / "native.nii.gz")
+    found, truth = regions_from_labels(labels), regions_from_labels(reference)
+    native_tumour = native > 0
     brain = np.asarray(nib.load(str(PATIENT / "native-hdbet" / "t1ce_brainmask.nii.gz")).dataobj) > 0
     return {
-        "reference_ml": _millilitres(fusion, reference > 0),
-        "brats_ml": _millilitres(image, labels > 0),
-        "dice": {region: _dice(np.isin(labels, values), np.isin(reference, values))
-                 for region, values in REGION_LABELS.items()},
-        "native_ml": _millilitres(native_image, native_tumour),
+        "reference_ml": region_volumes_ml(reference, reference_mm3)["WT"],
+        "brats_ml": region_volumes_ml(labels, voxel_mm3)["WT"],
+        "dice": {region: dice(found[REGION_INDEX[region]], truth[REGION_INDEX[region]]) for region in REPORTED_REGIONS},
+        "native_ml": region_volumes_ml(native, native_mm3)["WT"],
         "inside_brain": float((native_tumour & brain).sum() / max(int(native_tumour.sum()), 1)),
-        "seconds": (brats_s, native_s),
+        "seconds": seconds,
     }
 
 
@@ -87,7 +83,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as work:
             figures = measure(model, args.threads, Path(work))
         low, high = (1 - BAND) * figures["reference_ml"], (1 + BAND) * figures["reference_ml"]
-        dice = " / ".join(f"{figures['dice'][r]:.3f}" for r in REGION_LABELS)
+        dice = " / ".join(f"{figures['dice'][r]:.3f}" for r in REPORTED_REGIONS)
         verdicts = ["in" if low <= figures[key] <= high else "out" for key in ("brats_ml", "native_ml")]
         rows.append(f"| {model} | {figures['brats_ml']:.1f} ({verdicts[0]}) | {dice} | "
                     f"{figures['native_ml']:.1f} ({verdicts[1]}) | {100 * figures['inside_brain']:.2f} % | "
