@@ -112,7 +112,7 @@ def test_model_summary_refuses_other_files(tmp_path):
 
 
 def test_a_header_length_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(tmp_path):
-    """The v0.2.1 default model's header is 0x3f80 bytes long, so its first byte is pickle's PROTO opcode."""
+    """v0.2.1's header (the default model until 0.3.0) is 0x3f80 bytes long: its first byte is pickle's PROTO opcode."""
     path, description = tmp_path / "m.safetensors", ""
     for _ in range(40):  # the header grows in steps of 8 (safetensors pads it): at most 32 steps to 0x80
         make_tiny_model_file(path, description=description)
@@ -142,6 +142,24 @@ def test_expectation_text_shows_the_cost_of_missing_sequences(tmp_path):
     assert "Ensemble of 3 networks; their probabilities are averaged." in modelText(replace(summary, members=3))
     without = readModelSummary(make_tiny_model_file(tmp_path / "bare.safetensors"))
     assert "no validation table" in expectationText(without, ["t1"])
+
+
+def test_model_text_of_an_ensemble_shows_its_members_teachers_and_weights(tmp_path):
+    summary = replace(readModelSummary(make_tiny_model_file(tmp_path / "m.safetensors")), members=3)
+    agreeing = {"per_region": {"ET": "t1ce", "TC": "t2", "WT": "flair"}}
+    members = [{"teachers": agreeing, "importance": None} for _ in range(3)]
+    text = modelText(replace(summary, training={"members": members}))
+    assert "Elected teachers (the same in all 3 networks): ET T1ce, TC T2, WT FLAIR." in text
+    assert "importance" not in text
+    members[1] = {"teachers": {"per_region": {"ET": "t1ce", "TC": "t1ce", "WT": "t2"}}, "importance": None}
+    text = modelText(replace(summary, training={"members": members}))
+    assert "Elected teachers, network 1: ET T1ce, TC T2, WT FLAIR." in text
+    assert "Elected teachers, network 2: ET T1ce, TC T1ce, WT T2." in text and "the same in all" not in text
+    weights = [{"teachers": None, "importance": {"flair": 0.4, "t1": 0.1, "t1ce": 0.3, "t2": 0.2}},
+               {"teachers": None, "importance": {"flair": 0.25, "t1": 0.25, "t1ce": 0.25, "t2": 0.25}}]
+    text = modelText(replace(summary, members=2, training={"members": weights}))
+    assert "Learned importance weights, network 2: FLAIR 0.25, T1 0.25, T1ce 0.25, T2 0.25." in text
+    assert "Elected teachers" not in text and "Elected teachers" not in modelText(summary)
 
 
 

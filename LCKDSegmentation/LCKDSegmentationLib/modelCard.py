@@ -139,8 +139,38 @@ def expectationText(summary: ModelSummary, present: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _teachersText(perRegion: Dict[str, str]) -> str:
+    return ", ".join(f"{region} {SEQUENCE_TITLES.get(sequence, sequence)}"
+                     for region, sequence in sorted(perRegion.items()))
+
+
+def _importanceText(importance: Dict[str, float]) -> str:
+    return ", ".join(f"{SEQUENCE_TITLES.get(sequence, sequence)} {weight:.2f}"
+                     for sequence, weight in importance.items())
+
+
+def _memberLines(summary: ModelSummary) -> List[str]:
+    """An ensemble's elected teachers or importance weights, from its members' cards (one line when they agree)."""
+    members = summary.training.get("members") or []
+    lines: List[str] = []
+    for key, label, describe in (("teachers", _("Elected teachers"), _teachersText),
+                                 ("importance", _("Learned importance weights"), _importanceText)):
+        values = [(member.get(key) or {}).get("per_region") if key == "teachers" else member.get(key)
+                  for member in members]
+        if not any(values):
+            continue
+        if all(value == values[0] for value in values):
+            lines.append(_("{label} (the same in all {count} networks): {values}.").format(
+                label=label, count=len(values), values=describe(values[0])))
+            continue
+        lines.extend(_("{label}, network {index}: {values}.").format(label=label, index=index, values=describe(value))
+                     for index, value in enumerate(values, start=1) if value)
+    return lines
+
+
 def modelText(summary: ModelSummary) -> str:
-    """The model's method, elected teachers (LCKD) or learned importance weights (MetaKD)."""
+    """The model's method, elected teachers (LCKD) or learned importance weights (MetaKD); an ensemble's
+    come from its members' cards."""
     lines: List[str] = []
     if summary.description:
         lines.append(summary.description)
@@ -151,10 +181,9 @@ def modelText(summary: ModelSummary) -> str:
             count=summary.members))
     perRegion = (summary.teachers or {}).get("per_region") or {}
     if perRegion:
-        lines.append(_("Elected teachers: {teachers}.").format(teachers=", ".join(
-            f"{region} {SEQUENCE_TITLES.get(sequence, sequence)}" for region, sequence in sorted(perRegion.items()))))
+        lines.append(_("Elected teachers: {teachers}.").format(teachers=_teachersText(perRegion)))
     if summary.importance:
-        lines.append(_("Learned importance weights: {weights}.").format(weights=", ".join(
-            f"{SEQUENCE_TITLES.get(sequence, sequence)} {weight:.2f}"
-            for sequence, weight in summary.importance.items())))
+        lines.append(_("Learned importance weights: {weights}.").format(weights=_importanceText(summary.importance)))
+    if summary.members > 1 and not perRegion and not summary.importance:
+        lines.extend(_memberLines(summary))
     return "\n".join(lines)
