@@ -26,6 +26,7 @@ DATA = SHARED_DATA
 PATIENT = CLINICAL
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
 needs_patient = pytest.mark.skipif(not PATIENT.is_dir(), reason=f"the clinical patient is not there ({PATIENT})")
+same_worker = pytest.mark.xdist_group("native-preprocessed")  # one worker builds the module fixture once
 
 
 def _rotation(degrees: float, axis: int) -> np.ndarray:
@@ -159,7 +160,7 @@ def test_brats_space_passes_and_preprocess_leaves_its_result(tmp_path):
 
 
 @needs_patient
-@pytest.mark.xdist_group("native-preprocessed")  # one worker computes the module fixture once
+@same_worker
 def test_preprocessed_label_map_is_on_the_reference_grid(native_preprocessed):
     labels, case = native_preprocessed
     reference = nib.load(str(PATIENT / "native" / "t1ce.nii.gz"))
@@ -170,7 +171,7 @@ def test_preprocessed_label_map_is_on_the_reference_grid(native_preprocessed):
 
 
 @needs_patient
-@pytest.mark.xdist_group("native-preprocessed")  # one worker computes the module fixture once
+@same_worker
 def test_brain_mask_agrees_with_hd_bet(native_preprocessed):
     """Dice >= 0.95 against HD-BET's mask of every sequence, on that sequence's own grid (as co-registered)."""
     _, case = native_preprocessed
@@ -182,7 +183,7 @@ def test_brain_mask_agrees_with_hd_bet(native_preprocessed):
 
 
 @needs_patient
-@pytest.mark.xdist_group("native-preprocessed")  # one worker computes the module fixture once
+@same_worker
 @pytest.mark.xfail(strict=True, reason="the real-data default model (0.3.0, three networks) finds 19.6-19.7 mL "
                    "against the 30.2 mL reference (-35 %) after --preprocess (20.3 mL on the BraTS-space scans: "
                    "the model, not the preprocessing); issue 14 stays open on this")

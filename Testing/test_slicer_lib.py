@@ -162,7 +162,6 @@ def test_model_text_of_an_ensemble_shows_its_members_teachers_and_weights(tmp_pa
     assert "Elected teachers" not in text and "Elected teachers" not in modelText(summary)
 
 
-
 def test_texts_are_translated_in_their_own_file_context(tmp_path, monkeypatch):
     """Outside Slicer the text is unchanged; inside, each file of the library translates in its own context."""
     summary = readModelSummary(make_tiny_model_file(tmp_path / "m.safetensors", validation=syntheticValidationTable()))

@@ -149,23 +149,24 @@ def _importanceText(importance: Dict[str, float]) -> str:
                      for sequence, weight in importance.items())
 
 
+def _perNetworkLines(label: str, values: List[Any], describe) -> List[str]:
+    """One line when every network has the same value, else one line per network that has one."""
+    if not any(values):
+        return []
+    if all(value == values[0] for value in values):
+        return [_("{label} (the same in all {count} networks): {values}.").format(
+            label=label, count=len(values), values=describe(values[0]))]
+    return [_("{label}, network {index}: {values}.").format(label=label, index=index, values=describe(value))
+            for index, value in enumerate(values, start=1) if value]
+
+
 def _memberLines(summary: ModelSummary) -> List[str]:
-    """An ensemble's elected teachers or importance weights, from its members' cards (one line when they agree)."""
+    """An ensemble's elected teachers and importance weights, from its members' cards."""
     members = summary.training.get("members") or []
-    lines: List[str] = []
-    for key, label, describe in (("teachers", _("Elected teachers"), _teachersText),
-                                 ("importance", _("Learned importance weights"), _importanceText)):
-        values = [(member.get(key) or {}).get("per_region") if key == "teachers" else member.get(key)
-                  for member in members]
-        if not any(values):
-            continue
-        if all(value == values[0] for value in values):
-            lines.append(_("{label} (the same in all {count} networks): {values}.").format(
-                label=label, count=len(values), values=describe(values[0])))
-            continue
-        lines.extend(_("{label}, network {index}: {values}.").format(label=label, index=index, values=describe(value))
-                     for index, value in enumerate(values, start=1) if value)
-    return lines
+    teachers = [(member.get("teachers") or {}).get("per_region") for member in members]
+    importance = [member.get("importance") for member in members]
+    return (_perNetworkLines(_("Elected teachers"), teachers, _teachersText)
+            + _perNetworkLines(_("Learned importance weights"), importance, _importanceText))
 
 
 def modelText(summary: ModelSummary) -> str:
