@@ -1,7 +1,7 @@
-"""`make demo`: segment a real BraTS 2018 case from ``../shared/data/brats2018`` when that folder
-exists (a case the default model never saw in training), else a phantom made on the spot, with all
-four sequences and with two missing-sequence subsets; print Dice, HD95 and seconds, and write an
-overlay picture.
+"""`make demo`: segment a real case from ``../shared/data`` that the default model never saw in
+training (a held-out BraTS 2018 case, else the clinical patient in BraTS space against its fusion
+reference), else a phantom made on the spot, with all four sequences and with two missing-sequence
+subsets; print Dice, HD95 and seconds, and write an overlay picture.
 
 Run from the repository root with the project's virtual environment (``make demo`` does this).
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict
 
 import nibabel as nib
 import numpy as np
-from real_data import BRATS2018
+from real_data import BRATS2018, CLINICAL
 
 from lckd.cli import default_model
 from lckd.errors import LCKDError
@@ -24,6 +26,7 @@ from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 OUTPUT = Path("demo_output")
 REAL_CASES = BRATS2018
+PATIENT = CLINICAL / "brats-space"
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 
 
@@ -53,25 +56,47 @@ def overlay(path: Path, image: np.ndarray, truth: np.ndarray, predictions: dict,
     plt.close(figure)
 
 
-def demo_case(card) -> tuple:
-    """(case folder, what it is): a real case the model was not trained on, else a new phantom."""
+@dataclass
+class DemoCase:
+    """The scans to segment, their label map and what they are."""
+
+    sequences: Dict[str, Path]
+    labels: Path
+    et_label: int
+    what: str
+    truth_title: str = "ground truth"
+
+
+def demo_case(card) -> DemoCase:
+    """A real case the model was not trained on (a held-out BraTS case, else the clinical patient in
+    BraTS space), else any real BraTS case, else a new phantom."""
+    from lckd.cases import read_case_folder
     from lckd.phantom.generator import write_cases
 
     if REAL_CASES.is_dir():
-        held_out = card.training.get("validation_cases") or []
-        names = [name for name in held_out if (REAL_CASES / name).is_dir()] or sorted(
-            p.name for p in REAL_CASES.iterdir() if p.is_dir())
-        seen = "held out from the model's training" if names[0] in held_out else "may be a training case"
-        return REAL_CASES / names[0], f"real BraTS 2018 case {names[0]}, {seen}"
+        held_out = [name for name in card.training.get("validation_cases") or [] if (REAL_CASES / name).is_dir()]
+        if held_out:
+            case = read_case_folder(REAL_CASES / held_out[0])
+            return DemoCase(case.sequences, case.segmentation, case.et_label,
+                            f"real BraTS 2018 case {held_out[0]}, held out from the model's training")
+    if PATIENT.is_dir():  # a model trained on every BraTS case: the patient no model here was trained on
+        return DemoCase({name: PATIENT / f"{name}.nii.gz" for name in SUBSETS[0]},
+                        PATIENT / "reference_fusion_simple.nii.gz", 4,
+                        "patient TCGA-FG-6692 in BraTS space, never trained on",
+                        "reference (fusion of 5 BraTS algorithms)")
+    if REAL_CASES.is_dir():
+        name = sorted(p.name for p in REAL_CASES.iterdir() if p.is_dir())[0]
+        case = read_case_folder(REAL_CASES / name)
+        trained = name in card.training.get("training_cases", [])
+        seen = "a training case of the model" if trained else "may be a training case"
+        return DemoCase(case.sequences, case.segmentation, case.et_label, f"real BraTS 2018 case {name}, {seen}")
     clock = time.perf_counter()
-    case_dir = write_cases(OUTPUT / "phantom", n_cases=1, seed=2026)[0]
-    print(f"phantom case written to {case_dir} in {time.perf_counter() - clock:.1f} s")
-    return case_dir, "synthetic phantom"
+    case = read_case_folder(write_cases(OUTPUT / "phantom", n_cases=1, seed=2026)[0])
+    print(f"phantom case written to {case.folder} in {time.perf_counter() - clock:.1f} s")
+    return DemoCase(case.sequences, case.segmentation, case.et_label, "synthetic phantom")
 
 
 def main() -> int:
-    from lckd.cases import read_case_folder
-
     try:
         model = default_model()
     except LCKDError as error:
@@ -80,12 +105,11 @@ def main() -> int:
     OUTPUT.mkdir(exist_ok=True)
     segmenter = Segmenter(model, device="auto")
     card = segmenter.card
-    case_dir, what = demo_case(card)
-    case = read_case_folder(case_dir)
-    truth_image = nib.load(str(case.segmentation))
+    case = demo_case(card)
+    truth_image = nib.load(str(case.labels))
     truth = np.asarray(truth_image.dataobj).astype(np.uint8)
     spacing = truth_image.header.get_zooms()[:3]
-    print(f"case: {what}")
+    print(f"case: {case.what}")
     print(f"model: {card.name} ({card.method}, preset {card.preset}) on {segmenter.device}")
     predictions = {}
     print(f"{'sequences':<22}" + "".join(f"{'Dice ' + r:>9}" for r in REPORTED_REGIONS)
@@ -102,7 +126,7 @@ def main() -> int:
               + "".join(f"{d:9.1f}" for d in distances) + f"{sum(result.seconds.values()):9.1f}")
         predictions["+".join(subset)] = result.labels
     t1ce = np.asarray(nib.load(str(case.sequences["t1ce"])).dataobj)
-    overlay(OUTPUT / "overlay.png", t1ce, truth, predictions, f"{what}; {card.name}")
+    overlay(OUTPUT / "overlay.png", t1ce, truth, predictions, f"{case.what}; {card.name}", case.truth_title)
     print(f"overlay picture: {OUTPUT / 'overlay.png'}")
     return 0
 

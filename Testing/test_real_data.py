@@ -32,6 +32,22 @@ def test_brats2023_case_layout_and_geometry():
     assert nib.aff2axcodes(nib.load(str(case.sequences["t2"])).affine) in (("L", "P", "S"), ("R", "A", "S"))
 
 
+def test_demo_segments_a_real_case_the_model_never_saw():
+    from types import SimpleNamespace
+
+    from demo import demo_case
+
+    require(BRATS2018), require(CLINICAL)
+    held_out = demo_case(SimpleNamespace(training={"validation_cases": ["Brats18_2013_11_1"]}))
+    assert held_out.what.endswith("Brats18_2013_11_1, held out from the model's training")
+    assert held_out.labels.name == "Brats18_2013_11_1_seg.nii.gz" and held_out.et_label == 4
+    every_case = demo_case(SimpleNamespace(training={"validation_cases": [], "training_cases": ["Brats18_2013_11_1"]}))
+    assert every_case.what.startswith("patient TCGA-FG-6692")
+    assert every_case.labels.name == "reference_fusion_simple.nii.gz"
+    assert sorted(every_case.sequences) == ["flair", "t1", "t1ce", "t2"]
+    assert all(path.is_file() for path in [every_case.labels, *every_case.sequences.values()])
+
+
 # -- the default model on real cases it never saw in training ----------------------------------------
 
 #: Dice floors a little below what the shipped model measured on these held-out cases (Training.md,

@@ -142,6 +142,9 @@ def test_expectation_text_shows_the_cost_of_missing_sequences(tmp_path):
     assert "Ensemble of 3 networks; their probabilities are averaged." in modelText(replace(summary, members=3))
     without = readModelSummary(make_tiny_model_file(tmp_path / "bare.safetensors"))
     assert "no validation table" in expectationText(without, ["t1"])
+    every_case = readModelSummary(make_tiny_model_file(tmp_path / "all.safetensors",
+                                                       training={"training_cases": ["a", "b"], "validation_cases": []}))
+    assert expectationText(every_case, ["t1"]).startswith("This model was trained on every labelled case it had")
 
 
 def test_model_text_of_an_ensemble_shows_its_members_teachers_and_weights(tmp_path):
