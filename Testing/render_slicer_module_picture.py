@@ -27,7 +27,7 @@ from vtkmodules.util import numpy_support  # noqa: E402
 
 from LCKDSegmentationLib.logic import LCKDSegmentationLogic, SegmentationOptions  # noqa: E402
 from LCKDSegmentationLib.modelCard import expectationText, readModelSummary  # noqa: E402
-from LCKDSegmentationLib.modelCatalog import loadCatalog, localPath  # noqa: E402
+from LCKDSegmentationLib.modelCatalog import entryByName, loadCatalog, localPath  # noqa: E402
 from LCKDSegmentationLib.regionVolumes import volumesTable  # noqa: E402
 from LCKDSegmentationLib.sampleData import nodeName, sampleFile  # noqa: E402
 from LCKDSegmentationLib.selfTest import segmentMasks  # noqa: E402
@@ -108,7 +108,7 @@ def overlay(ax, grey, masks, colours, title):
 def main(out: Path) -> None:
     scene = slicer.vtkMRMLScene()
     volumes = load_sample(scene)
-    model = localPath(loadCatalog()[0])
+    model = localPath(entryByName(loadCatalog(), "lckd-phantom-demo"))
     logic = LCKDSegmentationLogic()
     started = time.monotonic()
     result = logic.segment(scene, volumes, SegmentationOptions(modelPath=model, device="cpu"))
