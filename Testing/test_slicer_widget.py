@@ -496,7 +496,11 @@ def test_widget_assigns_refuses_and_explains(harness):
     assigned = {sequence: getattr(parameters, name) for sequence, _, name in module.SLOTS}
     assert assigned == volumes
     assert ui.segmentButton.enabled is True and ui.segmentButton.text == "Segment"
-    expected = read_card(modelCatalog.localPath(modelCatalog.loadCatalog()[0])).expected_dice("flair+t1+t1ce+t2")
+    # the default model trained on every case: no table, and the panel says why
+    assert ui.expectationLabel.text.startswith("This model was trained on every labelled case it had")
+    assert ui.modelComboBox.itemData(1) == "lckd-phantom-demo"
+    ui.modelComboBox.setCurrentIndex(1)  # the demo model has a validation table
+    expected = read_card(modelCatalog.localPath(modelCatalog.loadCatalog()[1])).expected_dice("flair+t1+t1ce+t2")
     assert ui.expectationLabel.text.startswith("Expected Dice with FLAIR + T1 + T1ce + T2: "
                                                f"ET {expected['ET']:.2f}, TC {expected['TC']:.2f}")
     assert "Elected teachers" in ui.modelInfoLabel.text
@@ -780,6 +784,7 @@ def test_texts_are_translated_in_the_file_that_owns_them(harness):
     add_case(scene)
     widget = make_widget(module, state)
     widget.enter()
+    widget.ui.modelComboBox.setCurrentIndex(1)  # the demo model, whose card has a validation table
     contexts = {context for context, _text in state["translations"]}
     assert {"LCKDSegmentationLib.modelCard", "LCKDSegmentationLib.panelState"} <= contexts
     by_text = {text: context for context, text in state["translations"]}
