@@ -16,7 +16,7 @@ from typing import Dict
 
 import nibabel as nib
 import numpy as np
-from real_data import BRATS2018, CLINICAL
+from real_data import BRATS2018, CLINICAL_BRATS_SPACE, CLINICAL_REFERENCE
 
 from lckd.cli import default_model
 from lckd.errors import LCKDError
@@ -26,7 +26,6 @@ from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice, hd95
 
 OUTPUT = Path("demo_output")
 REAL_CASES = BRATS2018
-PATIENT = CLINICAL / "brats-space"
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",))
 
 
@@ -79,9 +78,8 @@ def demo_case(card) -> DemoCase:
             case = read_case_folder(REAL_CASES / held_out[0])
             return DemoCase(case.sequences, case.segmentation, case.et_label,
                             f"real BraTS 2018 case {held_out[0]}, held out from the model's training")
-    if PATIENT.is_dir():  # a model trained on every BraTS case: the patient no model here was trained on
-        return DemoCase({name: PATIENT / f"{name}.nii.gz" for name in SUBSETS[0]},
-                        PATIENT / "reference_fusion_simple.nii.gz", 4,
+    if CLINICAL_BRATS_SPACE.is_dir():  # a model trained on every BraTS case: no model here saw this patient
+        return DemoCase({name: CLINICAL_BRATS_SPACE / f"{name}.nii.gz" for name in SUBSETS[0]}, CLINICAL_REFERENCE, 4,
                         "patient TCGA-FG-6692 in BraTS space, never trained on",
                         "reference (fusion of 5 BraTS algorithms)")
     if REAL_CASES.is_dir():

@@ -15,23 +15,22 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from demo import overlay
-from real_data import CLINICAL
+from real_data import CLINICAL_BRATS_SPACE, CLINICAL_REFERENCE
 
 from lckd.cli import default_model
 from lckd.segmenter import Segmenter
 
-PATIENT = CLINICAL / "brats-space"
 OUTPUT = Path(__file__).resolve().parents[1] / "Resources" / "RealCase.png"
 SUBSETS = (("flair", "t1", "t1ce", "t2"), ("flair", "t2"), ("t1ce",), ("flair",))
 
 
 def main() -> int:
-    if not PATIENT.is_dir():
-        print(f"{PATIENT}: not found (the project's ../shared/data)", file=sys.stderr)
+    if not CLINICAL_BRATS_SPACE.is_dir():
+        print(f"{CLINICAL_BRATS_SPACE}: not found (the project's ../shared/data)", file=sys.stderr)
         return 2
     segmenter = Segmenter(default_model(), device="cpu", precision="fp32")
-    files = {name: PATIENT / f"{name}.nii.gz" for name in ("flair", "t1", "t1ce", "t2")}
-    reference = np.asarray(nib.load(str(PATIENT / "reference_fusion_simple.nii.gz")).dataobj).astype(np.uint8)
+    files = {name: CLINICAL_BRATS_SPACE / f"{name}.nii.gz" for name in ("flair", "t1", "t1ce", "t2")}
+    reference = np.asarray(nib.load(str(CLINICAL_REFERENCE)).dataobj).astype(np.uint8)
     predictions = {"+".join(subset): segmenter.segment_files({s: files[s] for s in subset}).labels
                    for subset in SUBSETS}
     image = np.asarray(nib.load(str(files["flair"])).dataobj)

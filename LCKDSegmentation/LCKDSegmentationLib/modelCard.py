@@ -115,10 +115,10 @@ def expectationText(summary: ModelSummary, present: Sequence[str]) -> str:
     """What the chosen inputs are expected to give and what the missing sequences cost (Dice)."""
     if not present:
         return _("Select at least one input volume.")
-    chosen = summary.expectedDice(present)
-    if chosen is None and not summary.validation and summary.training.get("validation_cases") == []:
+    if not summary.validation and summary.training.get("validation_cases") == []:
         return _("This model was trained on every labelled case it had: no held-out case gives its expected "
                  "Dice. Its description says how its recipe scored on cases it did not see.")
+    chosen = summary.expectedDice(present)
     if chosen is None:
         return _("This model has no validation table for this combination of sequences.")
     missing = [SEQUENCE_TITLES[s] for s in SEQUENCES if s not in present]
