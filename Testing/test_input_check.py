@@ -118,7 +118,7 @@ def test_preprocess_and_assume_preprocessed_exclude_each_other(tmp_path, tiny_mo
 @needs_data
 def test_every_brats_case_passes():
     cases = sorted((DATA / "brats2018").iterdir()) + sorted((DATA / "brats2023").iterdir())
-    assert len(cases) == 15
+    assert len(cases) >= 15 and all(case.is_dir() for case in cases)
     for case in cases:
         volumes = {name: load_volume(path) for name, path in read_case_folder(case).sequences.items()}
         assert len(volumes) == 4

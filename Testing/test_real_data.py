@@ -17,8 +17,9 @@ from training.evaluation import REGION_INDEX, REPORTED_REGIONS, dice
 
 
 def test_brats2018_cases_are_found_with_all_files():
-    cases = find_cases(require(BRATS2018))
-    assert len(cases) == 14
+    folders = sorted(path.name for path in require(BRATS2018).iterdir() if path.is_dir())
+    cases = find_cases(BRATS2018)
+    assert [case.name for case in cases] == folders and len(folders) >= 14
     for case in cases:
         assert case.layout == "brats2018" and case.et_label == 4
         assert sorted(case.sequences) == ["flair", "t1", "t1ce", "t2"] and case.segmentation is not None
