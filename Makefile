@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup Testing
 
 demo: $(STAMP)
-	$(PY) Testing/demo.py
+	$(PY) Testing/demo.py $(if $(CASE),--case "$(CASE)")
 
 bench: $(STAMP)
 	$(PY) Testing/Benchmarks/run_benchmarks.py
