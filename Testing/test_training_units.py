@@ -3,6 +3,7 @@ augmentation, the MetaKD meta step, settings, HD95."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from lckd.cases import CaseFiles, read_case_folder
 from lckd.labels import regions_from_labels
 from lckd.network import PRESETS as NETWORKS
-from lckd.network import Encoded, LCKDNet
+from lckd.network import Encoded, LCKDNet, network_config
 from lckd.preprocess import Normalisation
 from lckd.sequences import SEQUENCES
 from training.augmentation import Augmentation, FastAugmentation, make_augmentation
@@ -38,7 +39,14 @@ from training.evaluation import EMPTY_HD95, ScoreTable, dice, hd95
 from training.losses import lckd_kd, metakd_kd, segmentation_loss
 from training.meta import ImportanceWeights
 from training.report import markdown_table
-from training.trainer import batch_subset, meta_subsets, poly_learning_rate, validation_subsets
+from training.trainer import (
+    TrainingStep,
+    batch_subset,
+    meta_subsets,
+    optimisation_step,
+    poly_learning_rate,
+    validation_subsets,
+)
 
 pytestmark = pytest.mark.xdist_group("training")
 
@@ -179,6 +187,36 @@ def test_shipped_brats2018_splits_name_disjoint_sets():
     seeded = make_split(cases, PRESETS["brats-cpu"], "lckd")
     assert {part: seeded[part] for part in ("validation", "train")} == \
         {part: split[part] for part in ("validation", "train")}
+
+
+def test_shipped_27_case_splits_keep_the_validation_set_apart_and_nest_the_training_sets():
+    splits = Path(__file__).resolve().parents[1] / "training" / "splits"
+    everything = json.loads((splits / "brats2018-27-all.json").read_text())["train"]
+    assert len(everything) == 27 == len(set(everything))
+    cases = [CaseFiles(name=n, folder=None, layout="brats2018", sequences={}, segmentation="seg") for n in everything]
+    main = read_split_file(splits / "brats2018-27-validation.json", cases)
+    assert len(main["validation"]) == 7 and sorted(main["validation"] + main["train"]) == sorted(everything)
+    sources = [name.split("_")[1] for name in main["validation"]]  # 2013, CBICA, TCIA01 ...
+    assert sources.count("2013") == 1 and sources.count("CBICA") == 4
+    assert sum("TCIA10" in n for n in main["validation"]) == 1 and sum("TCIA" in n for n in main["validation"]) == 2
+    curve = [read_split_file(splits / "brats2018-27-curve.json", cases, k) for k in range(2)]
+    assert [len(split["train"]) for split in curve] == [7, 14]
+    assert all(split["validation"] == main["validation"] for split in curve)
+    assert set(curve[0]["train"]) < set(curve[1]["train"]) < set(main["train"])
+
+
+def test_bf16_autocast_on_the_cpu_computes_the_network_in_bf16():
+    torch.manual_seed(0)
+    net = LCKDNet(network_config("tiny")).train()
+    dtypes = []
+    net.decoder.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    optimiser = torch.optim.SGD(net.parameters(), lr=1e-2)
+    images = torch.randn(1, 4, 32, 64, 64)
+    regions = (torch.rand(1, 3, 32, 64, 64) > 0.9).float()
+    for use_amp in (False, True):
+        loss, _, _ = optimisation_step(TrainingStep(net), optimiser, images, regions, [True] * 4, None, 0.1, use_amp)
+        assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert dtypes == [torch.float32, torch.bfloat16]
 
 
 def in_memory_case(images: np.ndarray, labels: np.ndarray) -> CachedCase:
@@ -405,7 +443,8 @@ BRATS_CPU = {"preset": "brats-cpu", "network": "small", "tile_size": [48, 64, 64
              "meta_fraction": 0.05, "validation_fraction": 0.2, "min_held_out": 1, "selection_on_training": True,
              "num_workers": 1, "mixed_precision": True, "seed": 0}
 TODAY = {"lr_schedule": "single", "meta_batch_size": 0, "meta_subsets": "all", "importance_init": "zeros",
-         "lckd_foreground_fraction": -1.0, "augmentation": "monai", "validation_subsets": 0, "hold_out_unused": True}
+         "lckd_foreground_fraction": -1.0, "augmentation": "monai", "validation_subsets": 0, "hold_out_unused": True,
+         "cpu_bf16": False}
 
 
 def test_new_settings_default_to_the_behaviour_before_them():

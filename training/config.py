@@ -76,6 +76,9 @@ class TrainConfig:
     selection_on_training: bool = False
     num_workers: int = 12  # measured best on a 16-core GPU machine (Benchmarks.md); nnU-Net also uses 12
     mixed_precision: bool = True  # CUDA only
+    # bf16 autocast on the CPU as well (only a CPU with native bf16, AVX-512-BF16 or AMX, can gain;
+    # elsewhere torch emulates it); off: float32, as every CPU run so far
+    cpu_bf16: bool = False
     seed: int = 0
 
     def to_dict(self) -> Dict[str, object]:

@@ -299,7 +299,7 @@ class Trainer:
                 step, device_ids=[context.device.index] if context.device.type == "cuda" else None)
         loader = training_loader(self.cases["train"], config, self.augmentation, self.iteration, context.rank,
                                  context.world_size, pin_memory=context.device.type == "cuda")
-        use_amp = config.mixed_precision and context.device.type == "cuda"
+        use_amp = config.cpu_bf16 if context.device.type == "cpu" else config.mixed_precision
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"{self.method} training", unit="it",
                    disable=not (context.is_main and self.progress), mininterval=2.0, file=sys.stderr)
         self.net.train()

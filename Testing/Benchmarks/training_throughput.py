@@ -3,10 +3,11 @@
 Times ``training.trainer.optimisation_step`` (the loop body of ``lckd train``: forward, Dice + BCE,
 the LCKD KD term with one teacher per region, backward, SGD Nesterov) on a fixed random batch of the
 preset's tile and batch size, with all four sequences (stage 1, the heaviest step) and bf16
-autocast on CUDA when the preset asks for mixed precision. Prints one JSON line:
+autocast on CUDA when the preset asks for mixed precision (on the CPU with ``--cpu-bf16``). Prints one JSON line:
 ``{"preset", "device", "batch", "tile", "amp", "median_s", "iterations_per_s", "peak_gpu_gb"}``.
 
     python Testing/Benchmarks/training_throughput.py --preset phantom --device cpu
+    python Testing/Benchmarks/training_throughput.py --preset brats-cpu --device cpu --cpu-bf16
     python Testing/Benchmarks/training_throughput.py --preset paper --device cuda
 """
 
@@ -38,6 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-amp", action="store_true", help="float32 even where the preset uses bf16 autocast")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="bf16 autocast on the CPU (the cpu_bf16 setting; gains only with native bf16)")
     args = parser.parse_args(argv)
 
     config = PRESETS[args.preset]
@@ -50,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shape = (config.batch_size, 4, *config.tile_size)
     images = torch.randn(shape, device=device)
     regions = (torch.rand((config.batch_size, 3, *config.tile_size), device=device) > 0.9).float()
-    use_amp = config.mixed_precision and device.type == "cuda" and not args.no_amp
+    use_amp = (args.cpu_bf16 if device.type == "cpu" else config.mixed_precision) and not args.no_amp
     step = TrainingStep(net)
     present = [True] * 4
 
