@@ -54,7 +54,7 @@ def test_demo_segments_a_real_case_the_model_never_saw():
 
 # -- 0.3.0 on real cases it never saw in training ----------------------------------------------------
 
-#: The default model until 0.4.0 (Training.md, "Validation table"): three networks trained on 11 cases.
+#: The default model until 0.4.0 (TrainingHistory.md, "Validation table"): three networks trained on 11 cases.
 #: The default since 0.4.0 trained on all 14, so only 0.3.0 still has unseen cases to be held to.
 WEIGHTS = Path(__file__).resolve().parents[1] / "Resources" / "Weights"
 HELD_OUT_MODEL = WEIGHTS / "lckd-brats2018-fold0-3seeds.safetensors"

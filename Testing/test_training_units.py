@@ -180,7 +180,7 @@ def test_shipped_brats2018_splits_name_disjoint_sets():
     assert all(sorted(fold["validation"] + fold["train"]) == sorted(names) for fold in folds)
     assert folds[0] == read_split_file(splits / "brats2018-seed0.json", cases)
     assert all(sum("TCIA10" in n for n in fold["validation"]) <= 1 for fold in folds)  # the two LGG cases apart
-    # the all-cases file trains on every case and validates none (Training.md, "On all 14 cases")
+    # the all-cases file trains on every case and validates none (Training.md, "Splits")
     everything = read_split_file(splits / "brats2018-all.json", cases)
     assert everything["validation"] == [] and everything["train"] == sorted(names)
     # the seed-0 file is what --preset brats-cpu's seeded split gives (the shipped model's split)

@@ -25,7 +25,7 @@
 
 Rules combine with ``+`` (``specks+et500``: specks first). Sizes are in mL, not voxels, for the
 same reason as ``et500``. The speck size was chosen by measurement on the real-data model's 3 validation cases
-(Training.md, "Post-processing"; ``Testing/Benchmarks/postprocessing_rules.py``).
+(TrainingHistory.md, "Post-processing"; ``Testing/Benchmarks/postprocessing_rules.py``).
 """
 
 from __future__ import annotations

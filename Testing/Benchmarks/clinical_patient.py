@@ -1,5 +1,5 @@
 """Issue 14's volume criterion for any model file: the clinical patient TCGA-FG-6692, segmented as the
-Training.md tables measure it.
+TrainingHistory.md tables measure it.
 
     python Testing/Benchmarks/clinical_patient.py MODEL.safetensors [MODEL2.safetensors ...] [--threads 2]
 

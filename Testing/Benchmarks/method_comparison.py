@@ -1,5 +1,5 @@
-"""Compare training methods on the same validation cases: the Markdown tables of Training.md from the
-``evaluation.json`` that ``lckd evaluate`` wrote for each run.
+"""Compare training methods on the same validation cases: the Markdown tables of Training.md and
+TrainingHistory.md from the ``evaluation.json`` that ``lckd evaluate`` wrote for each run.
 
     python Testing/Benchmarks/method_comparison.py LCKD=eval-lckd MetaKD=eval-metakd baseline=eval-baseline
     python Testing/Benchmarks/method_comparison.py --per-case CV=eval-fold0,eval-fold1,eval-fold2,eval-fold3,eval-fold4
