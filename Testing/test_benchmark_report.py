@@ -174,3 +174,27 @@ def test_label_contrast_is_the_label_median_over_normal_brain():
     image[1, 1, 1:3], labels[1, 1, 1:3] = 80.0, 4  # a label 1.6 times as bright
     assert contrast(image, labels, 4) == pytest.approx(1.6)
     assert np.isnan(contrast(image, labels, 1))  # no such label in this case
+
+
+def test_learning_curve_table_slope_and_plot(tmp_path):
+    curve = load_script("learning_curve")
+    keys = ("flair", "t1", "t1ce", "t2", "flair+t1", "flair+t1ce", "flair+t2", "t1+t1ce", "t1+t2", "t1ce+t2",
+            "flair+t1+t1ce", "flair+t1+t2", "flair+t1ce+t2", "t1+t1ce+t2", "flair+t1+t1ce+t2")
+    places = []
+    for count, dice in ((7, 0.5), (14, 0.6), (28, 0.7)):  # +0.1 per doubling in every subset
+        folder = tmp_path / f"eval-{count}"
+        folder.mkdir()
+        result = {"subsets": {k: {"ET": dice, "TC": dice, "WT": dice} for k in keys}, "cases": 7}
+        (folder / "evaluation.json").write_text(json.dumps(result))
+        places.append(f"{count}={folder}")
+    assert curve.per_doubling([7, 14, 28], [0.5, 0.6, 0.7]) == pytest.approx(0.1)
+    points = curve.parse_points(list(reversed(places)))
+    assert list(points) == [7, 14, 28]
+    table = curve.markdown(points, {28: points[7]})
+    assert "| 14 | validation | 7 | 0.600 | 0.600 | 0.600 |" in table
+    assert "| 28 | its training cases | 7 | 0.500 | 0.500 | 0.500 |" in table
+    assert "all four +10.0 points, without T1ce +10.0 points, singles, pairs w/o T1ce +10.0 points" in table
+    curve.plot(points, {28: points[7]}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 5_000
+    with pytest.raises(SystemExit, match="expected N=FOLDER"):
+        curve.parse_points(["seven=x"])
