@@ -66,7 +66,9 @@ class Recognition:
 
 
 def _text(series: Series) -> str:
-    return " ".join(str(series.attribute(keyword)).strip() for keyword in ("SeriesDescription", "ProtocolName"))
+    """SeriesDescription and ProtocolName in lower case, underscores as spaces (``t1_se_tra_KM``: words)."""
+    names = " ".join(str(series.attribute(keyword)).strip() for keyword in ("SeriesDescription", "ProtocolName"))
+    return names.lower().replace("_", " ")
 
 
 def _names(series: Series) -> str:
@@ -115,7 +117,7 @@ def _unusable(series: Series) -> str:
         from pydicom.uid import UID
 
         return f"not an MR image ({UID(sop_class).name})"
-    text = _text(series).lower()
+    text = _text(series)
     image_type = _image_type(series)
     if "LOCALIZER" in image_type or _LOCALISER.search(text):
         return f"a localiser ({'ImageType LOCALIZER' if 'LOCALIZER' in image_type else _names(series)})"
@@ -132,7 +134,7 @@ def _unusable(series: Series) -> str:
 
 def _t1_or_t1ce(series: Series, named: str) -> Recognition:
     """A T1-weighted series: before or after contrast, by its names, else by its contrast attributes."""
-    text = _text(series).lower()
+    text = _text(series)
     post, pre = _POST.search(text), _PRE.search(text)
     agent = contrast_agent(series)
     if post and pre:
@@ -172,7 +174,7 @@ def recognise(series: Series) -> Recognition:
     problem = _unusable(series)
     if problem:
         return Recognition(None, problem)
-    text = _text(series).lower()
+    text = _text(series)
     names = _names(series)
     t1_flair = _T1_FLAIR.search(text)
     if _FLAIR.search(text) and not t1_flair:

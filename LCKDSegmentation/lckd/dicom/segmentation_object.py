@@ -133,6 +133,7 @@ def build_segmentation(labels: np.ndarray, affine: np.ndarray, source_images: Se
         series_number=series_number, sop_instance_uid=UID(), instance_number=1, manufacturer="LCKDSegmentation",
         manufacturer_model_name=algorithm.name, software_versions=f"lckd {__version__}",
         device_serial_number=algorithm.version, content_description=description[:64], content_label="TUMOUR",
+        omit_empty_frames=bool(present),  # without any voxel, every frame is kept (highdicom would say so)
         series_description=f"LCKD tumour ({algorithm.name})"[:64])
 
 
