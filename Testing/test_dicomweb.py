@@ -74,6 +74,7 @@ def test_a_study_goes_from_the_pacs_through_lckd_and_its_seg_comes_back(orthanc,
     assert run("--dicomweb", orthanc.dicomweb, "--study", uid, "-o", local) == 0
     captured = capsys.readouterr()
     assert f"retrieved 291 instances of study {uid} from {orthanc.dicomweb}" in captured.err
+    assert f"study {uid} (6 series) in {orthanc.dicomweb}/studies/{uid}:" in captured.err
     assert "T1ce   <- series 400 'AX T1 SE POST GD'" in captured.err
     assert captured.out.startswith(f"{orthanc.dicomweb}/studies/{uid}/series/")
     series_uid = captured.out.split("/series/")[1].split("/")[0]

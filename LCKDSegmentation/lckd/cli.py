@@ -243,7 +243,7 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
     scanned = [entry for entry in scan_folders(args.batch)  # a results folder inside the batch folder is no case
                if not (os.path.realpath(entry.folder) + os.sep).startswith(out_dir + os.sep)]
     if not any(entry.case is not None for entry in scanned):
-        raise InputError(f"{args.batch}: no BraTS case folders found")
+        raise InputError(f"{args.batch}: no BraTS case folders found (a folder of DICOM studies: add --studies)")
     model = args.model or default_model()
     every_input: Dict[str, str] = protected_files({}, model=model)
     for entry in scanned:

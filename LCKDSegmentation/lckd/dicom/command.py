@@ -22,7 +22,8 @@ from ..progress import JsonReporter, Reporter
 from ..sequences import SEQUENCE_TITLES, SEQUENCES
 
 DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_SEG, _NIFTI = "dicom-seg", "nifti"
+#: The output formats (``--output-format``).
+NIFTI, DICOM_SEG = "nifti", "dicom-seg"
 
 
 def add_dicom_options(inputs, parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_dicom_options(inputs, parser: argparse.ArgumentParser) -> None:
                         help="a DICOMweb server (e.g. http://localhost:8042/dicom-web): retrieve --study UID "
                              "(WADO-RS), segment it, store the DICOM SEG back (STOW-RS); with --batch FILE, the "
                              "study UIDs listed in FILE, one per line")
-    parser.add_argument("--output-format", choices=(_NIFTI, _SEG),
+    parser.add_argument("--output-format", choices=(NIFTI, DICOM_SEG),
                         help="nifti (label map) or dicom-seg (a DICOM Segmentation on the reference series; needs "
                              "DICOM input); default: from the output name (.nii.gz or .dcm), nifti with --batch")
 
@@ -52,13 +53,14 @@ def wants_dicom(args: argparse.Namespace) -> bool:
     """Whether the command takes a DICOM route (a study, DICOMweb, or a DICOM SEG output)."""
     seg_output = args.output is not None and args.output.name.lower().endswith(".dcm")
     return bool(args.study or args.dicomweb or args.studies or _overrides(args) or seg_output
-                or args.output_format == _SEG)
+                or args.output_format == DICOM_SEG)
 
 
 def _check_combinations(args: argparse.Namespace, batch: bool) -> None:
     sequence_files = [f"--{name}" for name in SEQUENCES if getattr(args, name) is not None]
-    if args.studies and not batch:
-        raise LCKDError("--studies says that the folders of --batch IN_DIR are DICOM studies; give --batch too")
+    if args.studies and (args.dicomweb or not batch):
+        raise LCKDError("--studies says that the sub-folders of --batch IN_DIR are DICOM studies; "
+                        + ("with --dicomweb, --batch FILE lists study UIDs" if args.dicomweb else "give --batch too"))
     if (args.study or args.dicomweb) and (sequence_files or args.case):
         raise LCKDError(f"give either --study{' (with --dicomweb)' if args.dicomweb else ''} or sequence inputs "
                         f"({', '.join(sequence_files) or '--case'}), not both")
@@ -67,6 +69,11 @@ def _check_combinations(args: argparse.Namespace, batch: bool) -> None:
                         f"--study; it cannot be used {'with --batch' if batch else 'without --study'}")
     if args.dicomweb and not (args.study or batch):
         raise LCKDError("--dicomweb URL needs --study UID (or --batch FILE listing study UIDs)")
+
+
+def _check_uid(uid: str) -> None:
+    if not DICOM_UID.fullmatch(uid) or len(uid) > 64:
+        raise LCKDError(f"{uid!r} is not a DICOM UID (digits and dots, at most 64 characters)")
 
 
 def _log(line: str) -> None:
@@ -113,13 +120,14 @@ def segment_dicom(args: argparse.Namespace, files: Dict[str, Path], reporter: Re
         require("pydicom", "highdicom", "dicomweb_client", what="--dicomweb")
         from .dicomweb import DicomWebServer
 
+        _check_uid(args.study)
         fmt = output_format(args.output, args.output_format) if args.output is not None else None
         if args.output is not None:
             check_output(args.output, protected_files({}, model=model))
         server = DicomWebServer(args.dicomweb)
         runner = _dicom_segmenter(args, options, model)
         done, location = runner.round_trip(server, args.study, reporter, _log, _overrides(args), args.sequences,
-                                           local=args.output, local_format=fmt or _SEG)
+                                           local=args.output, local_format=fmt)
         where = location + (f" and {args.output}" if args.output is not None else "")
         return _finish(reporter, progress, where, done.result, stored=location)
     if args.output is None:
@@ -191,8 +199,8 @@ def study_batch_rows(args: argparse.Namespace, reporter: Reporter, options: dict
             what="--dicomweb" if args.dicomweb else "DICOM studies")
     model = args.model or default_model()
     table = args.out_dir / "volumes.csv"
-    fmt = args.output_format or (None if args.dicomweb else _NIFTI)
-    extension = {_NIFTI: ".nii.gz", _SEG: ".dcm", None: ""}[fmt]
+    fmt = args.output_format or (None if args.dicomweb else NIFTI)
+    extension = {NIFTI: ".nii.gz", DICOM_SEG: ".dcm", None: ""}[fmt]
     if args.dicomweb:
         from .dicomweb import DicomWebServer
 
@@ -213,12 +221,11 @@ def study_batch_rows(args: argparse.Namespace, reporter: Reporter, options: dict
         row: Dict[str, object] = dict(case=name)
         try:
             if args.dicomweb:
-                if not DICOM_UID.fullmatch(name) or len(name) > 64:
-                    raise LCKDError(f"{name!r} is not a DICOM UID (digits and dots, at most 64 characters)")
+                _check_uid(name)
                 if output is not None:
                     check_output(output, protected_files({}, model=model))
                 done, location = runner.round_trip(server, name, reporter, _log, wanted=args.sequences,
-                                                   local=output, local_format=fmt or _SEG)
+                                                   local=output, local_format=fmt)
                 where = location
             else:
                 check_output(output, protected)

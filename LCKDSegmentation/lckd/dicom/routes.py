@@ -18,13 +18,12 @@ from ..labels import et_label_of
 from ..progress import Reporter
 from ..segmenter import SegmentationResult, Segmenter
 from ..sequences import SEQUENCE_TITLES
+from .command import DICOM_SEG, NIFTI
 from .dicomweb import DicomWebServer
-from .recognition import Selection, select_series
+from .recognition import select_series
 from .segmentation_object import Algorithm, build_segmentation, model_version, write_segmentation
-from .study import Study, headers_of, read_series_volume, read_study
+from .study import headers_of, read_series_volume, read_study
 
-NIFTI, DICOM_SEG = "nifti", "dicom-seg"
-OUTPUT_FORMATS = (NIFTI, DICOM_SEG)
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
@@ -39,20 +38,21 @@ def output_format(output: Path, requested: Optional[str]) -> str:
     chosen = requested or implied
     if chosen is None:
         raise LCKDError(f"{output}: say what to write: a name ending in .nii.gz (label map) or .dcm (DICOM SEG), "
-                        f"or --output-format nifti|dicom-seg")
+                        f"or --output-format dicom-seg")
+    if chosen == NIFTI and implied is None:
+        raise LCKDError(f"{output}: a label map is written as NIfTI; name it FILE.nii.gz")
     return chosen
 
 
 @dataclass
-class StudyResult:
-    """A study's segmentation and what the DICOM SEG needs: the reference series' headers."""
+class DicomResult:
+    """A segmentation and what its DICOM SEG needs: the reference series' headers, how messages name that
+    series, and the series numbers the study already uses."""
 
     result: SegmentationResult
-    source_images: List  # the reference series' headers
+    source_images: List
     reference_name: str
     series_numbers: List[int]
-    study: Optional[Study] = None
-    selection: Optional[Selection] = None
 
 
 def reference_source_images(files: Dict[str, Path], reference: Optional[str]) -> List:
@@ -80,7 +80,7 @@ class DicomSegmenter:
         self.version = model_version(model_path)
 
     def segment_study(self, folder: Path, overrides: Dict[str, str], wanted: Optional[Sequence[str]],
-                      reporter: Reporter, log: Callable[[str], None]) -> StudyResult:
+                      reporter: Reporter, log: Callable[[str], None]) -> DicomResult:
         """Read a study folder, choose its series (printing which and why), segment them."""
         started = time.perf_counter()
         reporter.stage("load", f"reading the study in {folder}")
@@ -95,19 +95,19 @@ class DicomSegmenter:
         result.seconds = dict(load=time.perf_counter() - started - sum(result.seconds.values()), **result.seconds)
         reference = selection.chosen[result.reference]
         numbers = [series.number for series in study.series if series.number is not None]
-        return StudyResult(result=result, source_images=reference.datasets, reference_name=reference.label(),
-                           series_numbers=numbers, study=study, selection=selection)
+        return DicomResult(result=result, source_images=reference.datasets, reference_name=reference.label(),
+                           series_numbers=numbers)
 
-    def segment_files(self, files: Dict[str, Path], source_images: List, reporter: Reporter) -> StudyResult:
+    def segment_files(self, files: Dict[str, Path], source_images: List, reporter: Reporter) -> DicomResult:
         """Sequence inputs whose reference is a DICOM series folder (``--t1ce DIR -o OUT.dcm``), with that
         series' headers (:func:`reference_source_images`)."""
         result = self.segmenter.segment_files(files, reporter=reporter, **self.options)
         folder = Path(files[result.reference])
         numbers = sorted({int(d.SeriesNumber) for d in source_images if getattr(d, "SeriesNumber", None) is not None})
-        return StudyResult(result=result, source_images=source_images, reference_name=str(folder),
+        return DicomResult(result=result, source_images=source_images, reference_name=str(folder),
                            series_numbers=numbers)
 
-    def segmentation(self, done: StudyResult):
+    def segmentation(self, done: DicomResult):
         """The DICOM SEG instance of a segmented study (new series, numbered after the study's last)."""
         result = done.result
         algorithm = Algorithm(name=self.model_name, version=self.version,
@@ -119,36 +119,40 @@ class DicomSegmenter:
                                   reference_name=done.reference_name,
                                   description=f"LCKD brain tumour from {sequences}")
 
-    def write(self, done: StudyResult, output: Path, fmt: str, reporter: Reporter, segmentation=None) -> None:
+    def write(self, done: DicomResult, output: Path, fmt: str, reporter: Reporter, segmentation=None) -> None:
         """Write the result as a label map or a DICOM SEG (atomically); times the step as ``write``."""
         clock = time.perf_counter()
         reporter.stage("write", f"writing {output}")
         if fmt == DICOM_SEG:
             write_segmentation(segmentation if segmentation is not None else self.segmentation(done), output)
         else:
-            if not output.name.lower().endswith(_NIFTI_ENDINGS):
-                raise InputError(f"{output}: a label map is written as NIfTI; name it FILE.nii.gz")
             save_nifti(output, done.result.labels.astype(np.uint8), done.result.affine)
         done.result.seconds["write"] = done.result.seconds.get("write", 0.0) + time.perf_counter() - clock
 
     def round_trip(self, server: DicomWebServer, study_uid: str, reporter: Reporter, log: Callable[[str], None],
                    overrides: Optional[Dict[str, str]] = None, wanted: Optional[Sequence[str]] = None,
-                   local: Optional[Path] = None, local_format: str = NIFTI) -> Tuple[StudyResult, str]:
+                   local: Optional[Path] = None, local_format: Optional[str] = None) -> Tuple[DicomResult, str]:
         """Retrieve a study (WADO-RS), segment it, store the DICOM SEG (STOW-RS); returns the result and
-        where the SEG was stored. ``local``: also write the result there, after the store succeeded."""
+        where the SEG was stored. ``local``: also write the result there (``local_format``, by default a DICOM
+        SEG) after the store succeeded."""
         clock = time.perf_counter()
         reporter.stage("retrieve", f"retrieving study {study_uid} from {server.url}")
         with tempfile.TemporaryDirectory(prefix="lckd-study-") as folder:
             count = server.retrieve_study(study_uid, Path(folder))
             retrieved = time.perf_counter() - clock
             log(f"retrieved {count} instances of study {study_uid} from {server.url} in {retrieved:.1f} s")
-            done = self.segment_study(Path(folder), overrides or {}, wanted, reporter, log)
+            where = f"{server.url}/studies/{study_uid}"  # what messages name instead of the temporary folder
+            try:
+                done = self.segment_study(Path(folder), overrides or {}, wanted, reporter,
+                                          lambda line: log(line.replace(folder, where)))
+            except InputError as error:
+                raise InputError(str(error).replace(folder, where)) from None
         done.result.seconds = dict(retrieve=retrieved, **done.result.seconds)
-        segmentation = self.segmentation(done)
         clock = time.perf_counter()
         reporter.stage("store", f"storing the DICOM SEG on {server.url}")
+        segmentation = self.segmentation(done)
         location = server.store(segmentation)
         done.result.seconds["store"] = time.perf_counter() - clock
         if local is not None:
-            self.write(done, local, local_format, reporter, segmentation)
+            self.write(done, local, local_format or DICOM_SEG, reporter, segmentation)
         return done, location

@@ -140,9 +140,11 @@ def read_study(folder: Path | str) -> Study:
 
 
 def _patient(dataset) -> str:
+    """Who an instance belongs to: its PatientID (its PatientName only where it has no ID)."""
     patient_id = str(getattr(dataset, "PatientID", "") or "").strip()
-    name = str(getattr(dataset, "PatientName", "") or "").strip()
-    return f"PatientID {patient_id!r}" + (f" {name!r}" if name else "")
+    if patient_id:
+        return f"PatientID {patient_id!r}"
+    return f"PatientName {str(getattr(dataset, 'PatientName', '') or '').strip()!r}"
 
 
 def _vector(dataset, keyword: str, length: int) -> Optional[np.ndarray]:
