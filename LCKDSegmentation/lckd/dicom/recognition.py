@@ -37,9 +37,9 @@ ENHANCED_MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4
 
 _LOCALISER = re.compile(r"\b(loc\b|locali[sz]er|scout|survey|3[\s_-]?pl(ane)?|tri[\s_-]?pilot|aahead|plane[\s_-]?loc)")
 _DERIVED_TYPES = ("DERIVED", "MPR", "REFORMATTED", "PROJECTION IMAGE", "MIP", "SUBTRACTION", "SECONDARY")
-_REFORMAT = re.compile(r"(\bmpr\b|_mpr|\bmip\b|reformat|\brecon\b|\bmpr[\s_-]|subtract|\bsub\b)")
+_REFORMAT = re.compile(r"(\bmpr\b|\bmip\b|reformat|subtract|\bsub\b)")
 _OTHER_KINDS = (
-    ("diffusion-weighted", re.compile(r"(dwi|diff|dti|\badc\b|trace|ep2d_diff|\bb[\s_-]?\d{3,4}\b|tensor)")),
+    ("diffusion-weighted", re.compile(r"(dwi|diff|dti|\badc\b|trace|\bb[\s_-]?\d{3,4}\b|tensor)")),
     ("perfusion", re.compile(r"(perf|\bdsc\b|\bdce\b|\basl\b|\bpwi\b|pcasl)")),
     ("susceptibility-weighted", re.compile(r"(swi|\bswan\b|t2\s*\*|t2[\s_-]?star|\bhemo|\bgre[\s_-]?t2|suscept)")),
     ("angiography", re.compile(r"(\btof\b|\bmra\b|angio)")),
@@ -135,7 +135,8 @@ def _unusable(series: Series) -> str:
 def _t1_or_t1ce(series: Series, named: str) -> Recognition:
     """A T1-weighted series: before or after contrast, by its names, else by its contrast attributes."""
     text = _text(series)
-    post, pre = _POST.search(text), _PRE.search(text)
+    pre = _PRE.search(text)
+    post = _POST.search(_PRE.sub(" ", text))  # "precontrast", "non-contrast" say nothing of after
     agent = contrast_agent(series)
     if post and pre:
         return Recognition(None, f"{named}, but its names say both before and after contrast")
