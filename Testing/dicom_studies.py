@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -42,7 +41,8 @@ class WrittenStudy:
     files: Dict[str, List[Path]] = field(default_factory=dict)
 
 
-def _study_attributes(patient_id: str, patient_name: str, study_uid: str) -> Dataset:
+def study_attributes(patient_id: str, patient_name: str, study_uid: str) -> Dataset:
+    """The patient and study attributes every instance of a study carries."""
     ds = Dataset()
     ds.PatientName = patient_name
     ds.PatientID = patient_id
@@ -181,7 +181,7 @@ def write_study(folder: Path, images: Dict[str, np.ndarray], affine_ras: np.ndar
     """Write ``{sequence: data}`` (all on ``affine_ras``) as one study into ``folder``, PACS-export style:
     ``folder/DICOM/<two-level tree>/IM<n>`` with no extensions and the series interleaved."""
     study_uid = generate_uid()
-    study = _study_attributes(patient_id, patient_name, study_uid)
+    study = study_attributes(patient_id, patient_name, study_uid)
     frame = generate_uid()
     series: Dict[str, List[Dataset]] = {}
     uids: Dict[str, str] = {}
@@ -205,7 +205,3 @@ def write_study(folder: Path, images: Dict[str, np.ndarray], affine_ras: np.ndar
         save([ds], [path])
         files[name_of[ds.SeriesInstanceUID]].append(path)
     return WrittenStudy(folder=Path(folder), study_uid=study_uid, series_uids=uids, files=files)
-
-
-def read(path: Path) -> Dataset:
-    return pydicom.dcmread(path)

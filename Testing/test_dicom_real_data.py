@@ -18,6 +18,8 @@ from lckd.dicom.study import read_series_volume, read_study
 
 #: One of the 13 cases added after the default model (0.4.0) was trained on the first 14: never seen by it.
 CASE = "Brats18_2013_2_1"
+#: One worker writes the study once for both tests.
+pytestmark = pytest.mark.xdist_group("dicom-real-data")
 
 
 @pytest.fixture(scope="module")

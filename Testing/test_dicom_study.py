@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from dicom_studies import series_datasets, write_study
+from dicom_studies import series_datasets, study_attributes, write_study
+from pydicom.uid import generate_uid
 
 from lckd.cli import main
 from lckd.dicom.recognition import recognise, select_series
@@ -35,12 +36,9 @@ def study(tmp_path):
 
 def one_series(**attributes) -> Series:
     """A three-slice series with the given scanner attributes (``series_datasets`` keywords) or overrides."""
-    from dicom_studies import _study_attributes
-    from pydicom.uid import generate_uid
-
     overrides = {key: attributes.pop(key) for key in list(attributes) if key[0].isupper()}
     attributes.setdefault("description", "")
-    datasets = series_datasets(np.zeros((4, 4, 3)), AFFINE, _study_attributes("P", "P^P", generate_uid()),
+    datasets = series_datasets(np.zeros((4, 4, 3)), AFFINE, study_attributes("P", "P^P", generate_uid()),
                                series_uid=generate_uid(), number=7, **attributes)
     for dataset in datasets:
         for keyword, value in overrides.items():
