@@ -73,7 +73,7 @@ def _add_segment_command(subparsers) -> None:
         "segment", help="segment a brain tumour from any subset of FLAIR, T1, T1ce, T2",
         description="Segment a brain tumour from whichever MRI sequences you have. Writes a BraTS label map "
                     "(1 necrosis/non-enhancing core, 2 oedema, 4 enhancing tumour) on the reference input's grid.")
-    inputs = parser.add_argument_group("inputs (one of: sequence files, --case, --batch)")
+    inputs = parser.add_argument_group("inputs (one of: sequence files, --case, --study, --batch)")
     for name in SEQUENCES:
         inputs.add_argument(f"--{name}", type=Path, metavar="FILE",
                             help=f"{SEQUENCE_TITLES[name]} image: NIfTI, NRRD, MetaImage, or a DICOM series folder")
