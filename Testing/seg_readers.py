@@ -20,7 +20,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def dciodvfy_errors(path: Path) -> List[str]:
-    """The ``Error`` lines dciodvfy prints for ``path`` (skips the test where dciodvfy is absent)."""
+    """The ``Error`` lines dciodvfy prints for ``path``; skips the test where dciodvfy is absent, so tests
+    call it last, after their other checks."""
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy is not installed (Debian package dicom3tools; .ci/run installs it)")
     run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
