@@ -50,6 +50,28 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
+#: The bundled phantom-trained demo model: it finds the phantom's tumour, so its label maps hold every region.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "LCKDSegmentation" / "Resources" / "Models" / \
+    "lckd-phantom-demo.safetensors"
+
+
+@pytest.fixture(scope="session")
+def phantom_study(tmp_path_factory):
+    """A phantom case (3 mm) as a DICOM study (four sequences, a localiser, a reformat; PACS-export layout),
+    with the same images as NIfTI files (``nifti``: {sequence: path}) and the case (``case``)."""
+    from dicom_studies import write_study
+
+    from lckd.io import save_nifti
+    from lckd.phantom.generator import make_case
+
+    folder = tmp_path_factory.mktemp("phantom_study")
+    case = make_case(0, spacing=3.0)
+    study = write_study(folder / "study", case.images, case.affine)
+    nifti = {name: save_nifti(folder / "nifti" / f"{name}.nii.gz", image, case.affine)
+             for name, image in case.images.items()}
+    return SimpleNamespace(study=study, folder=study.folder, nifti=nifti, case=case)
+
+
 def world_blob(world: np.ndarray, centre, radius: float) -> np.ndarray:
     """Smooth ball intensity at world points ``(..., 3)`` (1 inside, falling off over ~2 mm)."""
     distance = np.linalg.norm(world - np.asarray(centre, dtype=float), axis=-1)

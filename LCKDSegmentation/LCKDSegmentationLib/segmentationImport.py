@@ -10,31 +10,23 @@ segmentation's reference geometry points to the reference volume.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
-TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "LCKDSegmentation.term.json"
+from lckd.terminology import (
+    BRAIN,
+    SEGMENTS,
+    TERMINOLOGY_FILE,  # noqa: F401  (imported from here by the module's callers)
+    TYPE_CODES,
+)
+from lckd.terminology import load_terminology as loadTerminology
+
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
-BRAIN = ("SCT", "12738006", "Brain")
-#: Segment name and terminology type code per BraTS label value (ET is 4, or 3 in the 2023 convention).
-SEGMENTS = {1: "necrosis", 2: "oedema", 4: "enhancing tumour", 3: "enhancing tumour"}
-TYPE_CODES = {"necrosis": "6574001", "oedema": "79654002", "enhancing tumour": "C113842"}
 #: Segment tag holding the label's role, so region volumes survive renaming.
 ROLE_TAG = "LCKDSegmentation.Role"
 ROLES = {1: "NCR", 2: "ED", 4: "ET", 3: "ET"}
-
-
-def loadTerminology(path: Path = TERMINOLOGY_FILE) -> Dict[str, Dict]:
-    """The shipped terminology's context name and its types by code value (scheme, meaning, colour)."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
-    types = {}
-    for category in document["SegmentationCodes"]["Category"]:
-        for entry in category["Type"]:
-            types[entry["CodeValue"]] = dict(entry, category=category)
-    return {"context": document["SegmentationCategoryTypeContextName"], "types": types}
 
 
 def _code(values: Dict) -> str:

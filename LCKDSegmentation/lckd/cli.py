@@ -73,7 +73,7 @@ def _add_segment_command(subparsers) -> None:
         "segment", help="segment a brain tumour from any subset of FLAIR, T1, T1ce, T2",
         description="Segment a brain tumour from whichever MRI sequences you have. Writes a BraTS label map "
                     "(1 necrosis/non-enhancing core, 2 oedema, 4 enhancing tumour) on the reference input's grid.")
-    inputs = parser.add_argument_group("inputs (one of: sequence files, --case, --batch)")
+    inputs = parser.add_argument_group("inputs (one of: sequence files, --case, --study, --batch)")
     for name in SEQUENCES:
         inputs.add_argument(f"--{name}", type=Path, metavar="FILE",
                             help=f"{SEQUENCE_TITLES[name]} image: NIfTI, NRRD, MetaImage, or a DICOM series folder")
@@ -83,8 +83,12 @@ def _add_segment_command(subparsers) -> None:
                         help="segment every case folder below IN_DIR into OUT_DIR/<its path below IN_DIR>.nii.gz; "
                              "volumes.csv lists every folder with its status")
     inputs.add_argument("--sequences", type=_sequence_list, metavar="LIST",
-                        help="with --case or --batch: use only these sequences of each case, e.g. flair,t1")
-    parser.add_argument("-o", "--output", type=Path, metavar="OUT.nii.gz", help="output label map (single case)")
+                        help="with --case, --study or --batch: use only these sequences of each case, e.g. flair,t1")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT.nii.gz",
+                        help="output label map (single case); OUT.dcm: a DICOM SEG (DICOM input)")
+    from .dicom.command import add_dicom_options
+
+    add_dicom_options(inputs, parser)
     parser.add_argument("--out-dir", type=Path, metavar="OUT_DIR", help="output folder (with --batch)")
     parser.add_argument("--model", type=Path, metavar="FILE",
                         help=f"model file (.safetensors); default: ${MODEL_ENVIRONMENT_VARIABLE} or the bundled model")
@@ -191,6 +195,11 @@ def _segment(args: argparse.Namespace, reporter: Reporter, progress: str) -> int
                    preprocess=args.preprocess, assume_preprocessed=args.assume_preprocessed)
     if args.batch is not None:
         return _run_batch(args, reporter, options)
+    from .dicom.command import segment_dicom, wants_dicom
+
+    if wants_dicom(args):
+        files = {} if args.study or args.dicomweb else _single_case_files(args)
+        return segment_dicom(args, files, reporter, progress, options)
     files = _single_case_files(args)
     if args.output is None:
         raise LCKDError("give the output file with -o OUT.nii.gz")
@@ -219,9 +228,13 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
     code is 0 only when every folder was segmented.
     """
     from .cases import scan_folders
+    from .dicom.command import study_batch_rows, wants_dicom
     from .output_safety import check_output, protected_files
     from .segmenter import Segmenter
 
+    if wants_dicom(args):
+        rows, table = study_batch_rows(args, reporter, options)
+        return _write_batch(rows, args.out_dir, table, reporter)
     if args.out_dir is None:
         raise LCKDError("--batch needs --out-dir OUT_DIR")
     if any(getattr(args, name) for name in SEQUENCES) or args.case or args.output:
@@ -230,7 +243,7 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
     scanned = [entry for entry in scan_folders(args.batch)  # a results folder inside the batch folder is no case
                if not (os.path.realpath(entry.folder) + os.sep).startswith(out_dir + os.sep)]
     if not any(entry.case is not None for entry in scanned):
-        raise InputError(f"{args.batch}: no BraTS case folders found")
+        raise InputError(f"{args.batch}: no BraTS case folders found (a folder of DICOM studies: add --studies)")
     model = args.model or default_model()
     every_input: Dict[str, str] = protected_files({}, model=model)
     for entry in scanned:
@@ -266,13 +279,18 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
         row.update({f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()})
         rows.append(dict(row, sequences="+".join(result.sequences), seconds=round(sum(result.seconds.values()), 2),
                          status="segmented", output=str(output)))
+    return _write_batch(rows, args.out_dir, table, reporter)
+
+
+def _write_batch(rows: List[Dict[str, object]], out_dir: Path, table: Path, reporter: Reporter) -> int:
+    """Write ``volumes.csv`` (atomically) and report the batch."""
     from .io import atomic_path
 
     with atomic_path(table) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=BATCH_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return _report_batch(rows, args.out_dir, table, reporter)
+    return _report_batch(rows, out_dir, table, reporter)
 
 
 def _report_batch(rows: List[Dict[str, object]], out_dir: Path, table: Path, reporter: Reporter) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -119,14 +119,19 @@ def read_dicom_series(folder: Path) -> Tuple[np.ndarray, np.ndarray]:
     if len(series) > 1:
         described = "; ".join(_describe_series(sitk, folder, uid) for uid in series)
         raise InputError(f"{folder}: holds {len(series)} DICOM series ({described}); give a folder with one series")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    return read_dicom_files(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]), folder)
+
+
+def read_dicom_files(files: Sequence[Path], source: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Read the DICOM files of one series, in slice order, as one volume; errors name ``source``."""
+    sitk = _simpleitk()
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(path) for path in files])
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"{folder}: not a readable DICOM series ({_itk_message(error)})") from None
-    return _to_arrays(folder, image)
+        raise InputError(f"{source}: not a readable DICOM series ({_itk_message(error)})") from None
+    return _to_arrays(source, image)
 
 
 def _describe_series(sitk, folder: Path, uid: str) -> str:

@@ -100,6 +100,16 @@ class Segmenter:
         started = time.perf_counter()
         reporter.stage("load", "reading " + ", ".join(SEQUENCE_TITLES[s] for s in ordered(list(files))))
         volumes = {name: load_volume(path) for name, path in files.items()}
+        result = self.segment_loaded(volumes, reference, labels, postprocess, reporter, preprocess, assume_preprocessed)
+        result.seconds = dict(load=time.perf_counter() - started - sum(result.seconds.values()), **result.seconds)
+        return result
+
+    def segment_loaded(self, volumes: Mapping[str, Volume], reference: Optional[str] = None,
+                       labels: str = "brats2018", postprocess: str = "model", reporter: Optional[Reporter] = None,
+                       preprocess: bool = False, assume_preprocessed: bool = False) -> SegmentationResult:
+        """Segment volumes read elsewhere (a DICOM study's series) as :meth:`segment_files` segments files:
+        checked first, or preprocessed."""
+        reporter = reporter or Reporter()
         preprocessing: Dict[str, float] = {}
         output_grid: Optional[Grid] = None
         if preprocess:
@@ -117,7 +127,6 @@ class Segmenter:
                 raise InputError(problems[0].line() + more)
         result = self.segment_volumes(volumes, reference, labels, postprocess, reporter, output_grid=output_grid)
         result.seconds = dict(preprocessing, **result.seconds)
-        result.seconds = dict(load=time.perf_counter() - started - sum(result.seconds.values()), **result.seconds)
         return result
 
     def segment_volumes(self, volumes: Mapping[str, Volume], reference: Optional[str] = None,
