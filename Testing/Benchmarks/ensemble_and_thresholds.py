@@ -8,7 +8,7 @@ has issue 12's goal figures (method_comparison.py). The models must share spacin
 
     python Testing/Benchmarks/ensemble_and_thresholds.py --data ../shared/data/brats2018 \\
         --split training/splits/brats2018-seed0.json --mirror-axes none --out ensemble.json \\
-        v0.2.1=Resources/Weights/lckd-brats2018-fold0-seed0.safetensors gpu=~/runs/gpu/model.safetensors
+        a=~/runs/a/model.safetensors b=~/runs/b/model.safetensors
 """
 
 from __future__ import annotations
