@@ -97,7 +97,7 @@ def test_a_file_that_is_no_uncertainty_map_leaves_the_scene_as_it_was(scene_and_
 def test_the_segmenter_is_asked_for_the_map_and_its_result_is_imported(scene_and_volumes, fake_logic):
     scene, volumes, _ = scene_and_volumes
     logic, folder = fake_logic
-    tiny = make_tiny_model_file(folder / "tiny.safetensors")
+    tiny = make_tiny_model_file(folder / "tiny.safetensors", mirror_axes=[2])
     options = SegmentationOptions(modelPath=tiny, device="cpu", uncertaintyMap=True)
     result = logic.segment(scene, volumes, options)
     arguments = json.loads((folder / "record.json").read_text())["args"]
@@ -127,11 +127,23 @@ def test_a_run_that_did_not_write_the_map_fails_and_leaves_the_scene_as_it_was(s
     logic, folder = fake_logic
     monkeypatch.setenv("LCKD_FAKE_MODE", "no-map")
     before = selfTest.sceneSnapshot(scene)
-    job = logic.start(volumes, SegmentationOptions(modelPath=make_tiny_model_file(folder / "tiny.safetensors"),
-                                                   uncertaintyMap=True))
+    model = make_tiny_model_file(folder / "tiny.safetensors", mirror_axes=[2])
+    job = logic.start(volumes, SegmentationOptions(modelPath=model, uncertaintyMap=True))
     with pytest.raises(SegmentationError, match="no result"):
         logic.finish(job, scene)
     assert selfTest.sceneSnapshot(scene) == before and not job.folder.exists()
+
+
+def test_a_model_averaging_one_member_is_refused_before_anything_starts(scene_and_volumes, tmp_path):
+    scene, volumes, _ = scene_and_volumes
+    single = make_tiny_model_file(tmp_path / "single.safetensors")
+    mirrored = make_tiny_model_file(tmp_path / "mirrored.safetensors", mirror_axes=[2])
+    before = selfTest.sceneSnapshot(scene)
+    for options in (SegmentationOptions(modelPath=single, uncertaintyMap=True),
+                    SegmentationOptions(modelPath=mirrored, uncertaintyMap=True, skipMirroring=True)):
+        with pytest.raises(ValueError, match="averages only one"):
+            LCKDSegmentationLogic().start(volumes, options)
+    assert selfTest.sceneSnapshot(scene) == before
 
 
 def test_quality_cells_and_review_text():

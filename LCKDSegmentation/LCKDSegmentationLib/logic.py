@@ -74,6 +74,10 @@ class SegmentationOptions:
             raise ValueError(f"Unknown reference sequence '{self.reference}'.")
         if not Path(self.modelPath).is_file():
             raise ValueError(f"Model file not found: {self.modelPath}")
+        if self.uncertaintyMap and readModelSummary(self.modelPath).averagedMembers(self.skipMirroring) < 2:
+            raise ValueError(_("The uncertainty map shows where the networks and mirror images a model averages "
+                               "disagree; this model averages only one here (one network without test-time "
+                               "mirroring, or 'Faster: segment once' ticked)."))
 
 
 @dataclass
