@@ -156,12 +156,14 @@ def test_quality_cells_and_review_text():
 
 
 def test_the_real_segmenter_makes_a_map_slicer_shows(scene_and_volumes, tmp_path):
-    """`lckd segment --uncertainty` with a tiny network mirrored along x (two members)."""
+    """`lckd segment --uncertainty` with a tiny network mirrored along x (two members), through the check the
+    in-Slicer self-test runs; the reference (T1ce) lies under a rigid transform."""
     scene, volumes, _ = scene_and_volumes
-    model = make_tiny_model_file(tmp_path / "mirrored.safetensors", seed=6, mirror_axes=[2])
-    result = LCKDSegmentationLogic().segment(scene, {"t2": volumes["t2"]}, SegmentationOptions(
-        modelPath=model, device="cpu", threads=1, uncertaintyMap=True), timeout=300)
-    values = volumeArray(result.uncertaintyNode)
-    assert values.shape == SHAPE and values.dtype == np.float32 and 0 <= values.min() and values.max() <= 1
-    np.testing.assert_allclose(worldIJKToRAS(result.uncertaintyNode), worldIJKToRAS(volumes["t2"]))
-    assert set(result.quality) == {"ET", "TC", "WT"} and all(0 <= v <= 1 for v in result.quality.values())
+    logic = LCKDSegmentationLogic()
+    model = selfTest.makeTinyModel(tmp_path / "mirrored.safetensors", logic.python, logic.libraryFolder, seed=6,
+                                   mirrorAxes=[2])
+    options = SegmentationOptions(modelPath=model, device="cpu", threads=1, uncertaintyMap=True)
+    assert selfTest.checkUncertainty(logic, scene, volumes, options) == []
+    # and the check finds what is wrong
+    assert selfTest.checkUncertainty(logic, scene, volumes, SegmentationOptions(
+        modelPath=model, device="cpu", threads=1)) == ["no uncertainty map was imported"]

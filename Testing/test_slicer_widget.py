@@ -671,13 +671,15 @@ class SampleDataStandIn:
 
 @pytest.mark.skipif(not os.environ.get("LCKD_SLICER_SELFTEST"), reason="minutes: set LCKD_SLICER_SELFTEST=1")
 def test_in_slicer_self_test_runs_on_the_stand_ins(harness, monkeypatch):
-    """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets)."""
+    """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets, the
+    uncertainty overlay)."""
     module, scene, dialogs, state = harness
     monkeypatch.setitem(sys.modules, "SampleData", SampleDataStandIn)
     test = module.LCKDSegmentationTest()
     monkeypatch.setattr(scene, "Clear", lambda *args: None, raising=False)
     test.runTest()
-    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15 + 1
+    assert scene.GetFirstNodeByName("Phantom_t1ce tumour uncertainty") is not None
 
 
 # -- what would go wrong inside the application ------------------------------------------------------
