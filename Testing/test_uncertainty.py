@@ -237,3 +237,36 @@ def test_a_single_member_segments_without_a_quality_estimate(write_case, tiny_mo
                    "--progress", "json") == 0
     done = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert done["quality"] is None and done["review"] == [] and done["members"] == 1
+
+
+# -- a real case with the bundled default model ------------------------------------------------------
+
+@pytest.mark.slow
+def test_on_a_real_case_the_map_marks_the_tumour_not_the_brain_and_grows_without_sequences(tmp_path, capsys):
+    """Properties any reasonable model has (the case may or may not be among its training cases): the members
+    agree far from the tumour, the map is highest where the tumour is drawn, and with FLAIR alone the tumour
+    is less certain than with all four sequences."""
+    from real_data import BRATS2018, require
+    from scipy import ndimage
+
+    from lckd.cases import find_cases
+
+    case = find_cases(require(BRATS2018))[0]
+    found = {}
+    for name, sequences in (("all four", ("flair", "t1", "t1ce", "t2")), ("FLAIR alone", ("flair",))):
+        out, uncertain = tmp_path / f"{len(sequences)}.nii.gz", tmp_path / f"{len(sequences)}-map.nii.gz"
+        flags = [a for s in sequences for a in (f"--{s}", case.sequences[s])]
+        assert run_cli("segment", *flags, "-o", out, "--uncertainty", uncertain, "--progress", "json",
+                       "--device", "cpu", "--threads", "1") == 0
+        done = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert done["members"] > 1 and all(0 <= value <= 1 for value in done["quality"].values())
+        labels, values = np.asarray(nib.load(str(out)).dataobj), np.asarray(nib.load(str(uncertain)).dataobj)
+        assert values.shape == labels.shape and 0 <= values.min() and values.max() <= 1
+        tumour = labels > 0
+        assert tumour.sum() > 1000, f"{name}: no tumour found in {case.name}"
+        brain = nib.load(str(case.sequences["flair"])).get_fdata() != 0
+        far = brain & (ndimage.distance_transform_edt(~tumour) > 20)  # 1 mm voxels: over 2 cm from the tumour
+        edge = tumour & ~ndimage.binary_erosion(tumour, iterations=2)
+        assert values[far].mean() < 0.15 and values[edge].mean() > 4 * values[far].mean(), name
+        found[name] = float(values[tumour].mean())
+    assert found["FLAIR alone"] > found["all four"], found
