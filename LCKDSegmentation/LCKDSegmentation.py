@@ -61,6 +61,7 @@ class LCKDSegmentationParameterNode:
     postprocess: bool = False
     preprocess: bool = False
     skipMirroring: bool = False
+    uncertaintyMap: bool = False
 
 
 class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -143,13 +144,13 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel.assignSlots(self._parameterNode, slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), onlyNew)
 
     def updateGui(self, caller=None, event=None):
-        state = self.panel.state(self._parameterNode)
-        self.ui.problemLabel.text, self.ui.expectationLabel.text = state.problems, state.expectation
-        button = self.ui.segmentButton
+        ui, state = self.ui, self.panel.state(self._parameterNode)
+        ui.problemLabel.text, ui.expectationLabel.text = state.problems, state.expectation
+        ui.reviewLabel.text = state.review
+        button = ui.segmentButton
         button.enabled, button.text, button.toolTip = state.segmentEnabled, state.segmentText, state.segmentToolTip
-        for widget in [getattr(self.ui, selector) for _sequence, selector, _name in SLOTS] + [
-                self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.autoAssignButton, self.ui.loadWeightsButton,
-                self.ui.deleteModelsButton, self.ui.reinstallButton]:
+        for widget in [getattr(ui, selector) for _s, selector, _n in SLOTS] + [ui.modelComboBox, ui.deviceComboBox,
+                ui.autoAssignButton, ui.loadWeightsButton, ui.deleteModelsButton, ui.reinstallButton]:
             widget.enabled = state.editable
 
     def populateModels(self):
@@ -209,12 +210,11 @@ class LCKDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onSegmentButton(device="cpu")
 
     def showResult(self, outcome):
-        rows = self.panel.keepResult(self._parameterNode, outcome)
-        self.ui.volumesTable.setRowCount(len(rows))
-        for row, cells in enumerate(rows):
-            for column, text in enumerate(cells):
-                self.ui.volumesTable.setItem(row, column, qt.QTableWidgetItem(text))
-        slicer.util.setSliceViewerLayers(background=outcome.job.volumes[outcome.job.reference], fit=True)
+        view = self.panel.keepResult(self._parameterNode, outcome)
+        self.ui.volumesTable.setRowCount(view.rows)
+        for (row, column), text in view.cells.items():
+            self.ui.volumesTable.setItem(row, column, qt.QTableWidgetItem(text))
+        slicer.util.setSliceViewerLayers(fit=True, **view.layers)
         if self.ui.show3DButton.checked:
             self.panel.show3D(self._parameterNode, True)
 

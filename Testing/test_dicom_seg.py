@@ -14,13 +14,13 @@ import pytest
 from dicom_studies import write_study
 from seg_readers import dciodvfy_errors, labels_by_dcmqi, labels_by_highdicom
 
-from conftest import DEMO_MODEL
+from conftest import DEMO_MODEL, make_tiny_model_file
 from lckd.cli import main
 from lckd.terminology import load_terminology
 
 
 def run(*args) -> int:
-    return main(["segment", *[str(a) for a in args], "--model", str(DEMO_MODEL), "--progress", "none"])
+    return main(["segment", "--model", str(DEMO_MODEL), *[str(a) for a in args], "--progress", "none"])
 
 
 def errors(capsys) -> list:
@@ -132,6 +132,18 @@ def test_a_label_map_without_tumour_gives_a_seg_with_the_three_segments_empty(ph
     assert dciodvfy_errors(path) == []
 
 
+def test_a_study_prints_its_quality_estimate_and_refuses_an_uncertainty_map(phantom_study, tmp_path, capsys):
+    mirrored = make_tiny_model_file(tmp_path / "mirrored.safetensors", mirror_axes=[2])  # two members averaged
+    out = tmp_path / "tumour.dcm"
+    assert run("--study", phantom_study.folder, "-o", out, "--model", mirrored) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and f"{out}: " in printed and "; quality ET " in printed
+    assert run("--study", phantom_study.folder, "-o", tmp_path / "again.dcm", "--uncertainty",
+               tmp_path / "map.nii.gz") == 2
+    assert "--uncertainty writes a NIfTI map" in capsys.readouterr().err
+    assert not (tmp_path / "again.dcm").exists() and not (tmp_path / "map.nii.gz").exists()
+
+
 def test_a_batch_of_study_folders_accounts_for_every_study(phantom_study, tmp_path, capsys):
     studies = tmp_path / "studies"
     shutil.copytree(phantom_study.folder, studies / "good")
@@ -145,6 +157,7 @@ def test_a_batch_of_study_folders_accounts_for_every_study(phantom_study, tmp_pa
     rows = {row["case"]: row for row in csv.DictReader(open(out / "volumes.csv"))}
     assert rows["good"]["status"] == "segmented" and rows["good"]["output"] == str(out / "good.dcm")
     assert float(rows["good"]["WT_ml"]) > 0 and rows["good"]["sequences"] == "flair+t1+t1ce+t2"
+    assert [rows["good"][f"{region}_quality"] for region in ("ET", "TC", "WT")] == ["", "", ""]  # one member
     assert rows["mixed"]["status"] == "failed" and "holds images of 2 patients" in rows["mixed"]["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["good.dcm", "volumes.csv"]
     err = capsys.readouterr().err

@@ -535,7 +535,7 @@ def test_ui_file_has_every_widget_the_module_uses_and_binds_the_parameter_node()
     widgets = {element.get("name") for element in ElementTree.parse(
         MODULE / "Resources" / "UI" / "LCKDSegmentation.ui").iter("widget")}
     source = MODULE_FILE.read_text()
-    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used = set(re.findall(r"\bui\.(\w+)", source))  # self.ui.x and its alias ui.x
     used |= {name for name in re.findall(r'"(\w+Selector)"', source)}
     assert used and sorted(used - widgets) == []
     tree = ElementTree.parse(MODULE / "Resources" / "UI" / "LCKDSegmentation.ui")
@@ -545,7 +545,7 @@ def test_ui_file_has_every_widget_the_module_uses_and_binds_the_parameter_node()
         if isinstance(node, ast.ClassDef) and node.name == "LCKDSegmentationParameterNode":
             fields = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
     assert bound == fields == {"flairVolume", "t1Volume", "t1ceVolume", "t2Volume", "outputSegmentation",
-                               "brats2023Labels", "postprocess", "preprocess", "skipMirroring"}
+                               "brats2023Labels", "postprocess", "preprocess", "skipMirroring", "uncertaintyMap"}
 
 
 def test_module_file_has_the_four_classes_and_imports_nothing_heavy():

@@ -322,9 +322,12 @@ FAKE_SEGMENTER = textwrap.dedent('''
         emit(event="progress", fraction=k / 3, done=k, total=3)
     output = args[args.index("-o") + 1]
     nib.save(nib.Nifti1Image(labels, image.affine), output)
+    if "--uncertainty" in args and mode != "no-map":  # "no-map": a segmenter that forgot the map
+        spread = np.clip(data.astype(np.float32) / 500.0, 0.0, 1.0)
+        nib.save(nib.Nifti1Image(spread, image.affine), args[args.index("--uncertainty") + 1])
     sequences = [s for s in ("flair", "t1", "t1ce", "t2") if "--" + s in args]
     emit(event="done", output=output, seconds=0.1, reference=reference, sequences=sequences,
-         volumes_ml={"ET": 0.0, "TC": 0.0, "WT": 0.0})
+         volumes_ml={"ET": 0.0, "TC": 0.0, "WT": 0.0}, quality={"ET": 0.41, "TC": 0.9, "WT": 0.95}, review=["ET"])
 ''')
 
 

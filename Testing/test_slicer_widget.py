@@ -550,13 +550,16 @@ def test_widget_segments_cancels_and_shows_results(harness, monkeypatch):
     monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
     ui.segmentButton.click()
     run_until_done(widget)
-    assert ui.progressBar.value == 100 and ui.logTextEdit.lines[-1].startswith("Done in")
+    assert ui.progressBar.value == 100 and ui.logTextEdit.lines[-2].startswith("Done in")
     node = widget._parameterNode.outputSegmentation
     assert node is not None and node.GetName() == "Case T1 post Gd tumour"
     assert [ui.volumesTable.cells[(row, 0)] for row in range(3)] == [
         "Enhancing tumour (ET)", "Tumour core (TC)", "Whole tumour (WT)"]
     assert float(ui.volumesTable.cells[(2, 1)]) > float(ui.volumesTable.cells[(0, 1)]) > 0
-    assert state["layers"][-1]["background"] is volumes["t1ce"]
+    # the fake segmenter's quality estimate and review flag (ET): in the table, above it and in the log
+    assert [ui.volumesTable.cells[(row, 2)] for row in range(3)] == ["0.41 (review)", "0.90", "0.95"]
+    assert ui.reviewLabel.text == ui.logTextEdit.lines[-1] == "Enhancing tumour (ET) uncertain: review it."
+    assert state["layers"][-1] == {"background": volumes["t1ce"], "fit": True}  # no map asked for: no overlay
     ui.show3DButton.checked = True
     ui.show3DButton.emit("toggled(bool)", True)
     assert node.GetSegmentation().GetNthSegment(0).GetRepresentation("Closed surface") is not None
@@ -668,13 +671,15 @@ class SampleDataStandIn:
 
 @pytest.mark.skipif(not os.environ.get("LCKD_SLICER_SELFTEST"), reason="minutes: set LCKD_SLICER_SELFTEST=1")
 def test_in_slicer_self_test_runs_on_the_stand_ins(harness, monkeypatch):
-    """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets)."""
+    """LCKDSegmentationTest.runTest() itself (sample phantom, tiny model, refusals, cancel, 15 subsets, the
+    uncertainty overlay)."""
     module, scene, dialogs, state = harness
     monkeypatch.setitem(sys.modules, "SampleData", SampleDataStandIn)
     test = module.LCKDSegmentationTest()
     monkeypatch.setattr(scene, "Clear", lambda *args: None, raising=False)
     test.runTest()
-    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 15 + 1
+    assert scene.GetFirstNodeByName("Phantom_t1ce tumour uncertainty") is not None
 
 
 # -- what would go wrong inside the application ------------------------------------------------------
@@ -756,7 +761,8 @@ def test_exit_disconnects_the_gui_and_never_connects_it_twice(harness, monkeypat
     assert [node for node, _tag in GUI["live"]][-1] == widget._parameterNode.parameterNode.GetID()
 
 
-@pytest.mark.parametrize("parameter, flag", [("preprocess", "--preprocess"), ("skipMirroring", "--no-tta")])
+@pytest.mark.parametrize("parameter, flag", [("preprocess", "--preprocess"), ("skipMirroring", "--no-tta"),
+                                             ("uncertaintyMap", "--uncertainty")])
 def test_option_checkboxes_pass_their_flag_to_the_segmenter(harness, monkeypatch, tmp_path, parameter, flag):
     module, scene, dialogs, state = harness
     add_case(scene)
@@ -795,3 +801,23 @@ def test_texts_are_translated_in_the_file_that_owns_them(harness):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "tr"):
                 assert all(isinstance(argument, ast.Constant) and isinstance(argument.value, str)
                            for argument in node.args), f"{path.name}:{node.lineno}: _() of a non-literal"
+
+
+def test_the_uncertainty_overlay_is_shown_and_the_review_cleared_by_the_next_run(harness, monkeypatch):
+    module, scene, dialogs, state = harness
+    volumes = add_case(scene)
+    widget = make_widget(module, state)
+    widget.enter()
+    monkeypatch.setenv("LCKD_FAKE_MODE", "ok")
+    widget._parameterNode.uncertaintyMap = True
+    widget.ui.segmentButton.click()
+    run_until_done(widget)
+    overlay = scene.GetFirstNodeByName("Case T1 post Gd tumour uncertainty")
+    assert overlay is not None and overlay.GetDisplayNode().GetApplyThreshold()
+    assert state["layers"][-1] == {"background": volumes["t1ce"], "foreground": overlay, "foregroundOpacity": 0.6,
+                                   "fit": True}
+    assert widget.ui.reviewLabel.text.startswith("Enhancing tumour (ET) uncertain")
+    monkeypatch.setenv("LCKD_FAKE_MODE", "hang")
+    widget.ui.segmentButton.click()  # a new run: the old review no longer applies
+    assert widget.ui.reviewLabel.text == ""
+    widget.ui.segmentButton.click()  # Cancel

@@ -6,6 +6,7 @@ running, failing and cancelling leave it exactly as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from .regionVolumes import regionVolumesMl
 from .segmentationImport import ensureConverterRules, importLabelMap, removeNode
 from .segmenterProcess import EventCallback, SegmenterProcess, pythonExecutable
 from .sequenceAssignment import checkAssignment
+from .uncertaintyOverlay import importUncertaintyMap
 from .volumeExport import exportVolume
 
 _ = translator(__file__)
@@ -34,6 +36,8 @@ LIBRARY_FOLDER = Path(__file__).resolve().parent.parent  # holds the lckd packag
 REFERENCE_ORDER = ("t1ce", "t1", "flair", "t2")
 DEVICES = ("auto", "cuda", "cpu")
 LABEL_CONVENTIONS = ("brats2018", "brats2023")
+#: The uncertainty map's file name in a job's folder, beside the label map.
+UNCERTAINTY_FILE = "uncertainty.nii"
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -56,6 +60,8 @@ class SegmentationOptions:
     preprocess: bool = False
     #: skip the test-time mirroring the model card asks for (``lckd segment --no-tta``)
     skipMirroring: bool = False
+    #: also make the voxel uncertainty map (``lckd segment --uncertainty``) and show it as an overlay
+    uncertaintyMap: bool = False
     threads: Optional[int] = None
     reference: Optional[str] = None
 
@@ -68,6 +74,10 @@ class SegmentationOptions:
             raise ValueError(f"Unknown reference sequence '{self.reference}'.")
         if not Path(self.modelPath).is_file():
             raise ValueError(f"Model file not found: {self.modelPath}")
+        if self.uncertaintyMap and readModelSummary(self.modelPath).averagedMembers(self.skipMirroring) < 2:
+            raise ValueError(_("The uncertainty map shows where the networks and mirror images a model averages "
+                               "disagree; this model averages only one here (one network without test-time "
+                               "mirroring, or 'Faster: segment once' ticked)."))
 
 
 @dataclass
@@ -81,6 +91,11 @@ class SegmentationJob:
     reference: str
     options: SegmentationOptions
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def uncertaintyOutput(self) -> Optional[Path]:
+        """Where the segmenter writes the uncertainty map, when asked for one."""
+        return self.output.with_name(UNCERTAINTY_FILE) if self.options.uncertaintyMap else None
 
     @property
     def sequences(self) -> List[str]:
@@ -98,6 +113,12 @@ class SegmentationResult:
     reference: str
     seconds: float
     event: Dict = field(default_factory=dict)
+    #: the segmenter's quality estimate per region (ET, TC, WT; empty when it had no spread to measure)
+    quality: Dict[str, float] = field(default_factory=dict)
+    #: the regions it flagged for review
+    review: List[str] = field(default_factory=list)
+    #: the uncertainty map's volume node, when one was asked for
+    uncertaintyNode: object = None
 
 
 def inSlicerTerms(message: str, job: SegmentationJob) -> str:
@@ -151,6 +172,8 @@ class LCKDSegmentationLogic:
             command.append("--preprocess")
         if options.skipMirroring:
             command.append("--no-tta")
+        if options.uncertaintyMap:
+            command += ["--uncertainty", str(Path(output).with_name(UNCERTAINTY_FILE))]
         if options.threads:
             command += ["--threads", str(int(options.threads))]
         return command
@@ -194,7 +217,8 @@ class LCKDSegmentationLogic:
         process = job.process
         if process.cancelled:
             return SegmentationError("The segmentation was cancelled.")
-        if process.result is not None and process.process.returncode == 0 and job.output.is_file():
+        outputs = [job.output] + ([job.uncertaintyOutput] if job.uncertaintyOutput is not None else [])
+        if process.result is not None and process.process.returncode == 0 and all(path.is_file() for path in outputs):
             return None
         message = inSlicerTerms(process.error or "The segmenter produced no result.", job)
         if process.process.returncode == 3 or "out of memory" in message.lower():
@@ -218,21 +242,29 @@ class LCKDSegmentationLogic:
                 raise error
             event = job.process.result
             summary = readModelSummary(job.options.modelPath)
+            quality = {region: float(value) for region, value in (event.get("quality") or {}).items()}
+            review = [str(region) for region in event.get("review") or []]
             attributes = {"LCKDSegmentation.Sequences": "+".join(job.sequences),
                           "LCKDSegmentation.Reference": job.reference,
                           "LCKDSegmentation.Model": summary.name,
-                          "LCKDSegmentation.Labels": job.options.labels}
-            node = importLabelMap(scene, job.output, name or self.defaultName(job),
-                                  referenceVolumeNode=job.volumes[job.reference], attributes=attributes)
+                          "LCKDSegmentation.Labels": job.options.labels,
+                          "LCKDSegmentation.Quality": json.dumps(quality),
+                          "LCKDSegmentation.Review": " ".join(review)}
+            name = name or self.defaultName(job)
+            referenceNode = job.volumes[job.reference]
+            node = importLabelMap(scene, job.output, name, referenceVolumeNode=referenceNode, attributes=attributes)
             try:
                 volumesMl = regionVolumesMl(node)
+                uncertaintyNode = None if job.uncertaintyOutput is None else importUncertaintyMap(
+                    scene, job.uncertaintyOutput, f"{name} uncertainty", referenceVolumeNode=referenceNode)
             except Exception:
                 removeNode(scene, node)  # a result that cannot be measured is not left half-made in the scene
                 raise
             return SegmentationResult(
                 segmentationNode=node, volumesMl=volumesMl,
                 segmenterVolumesMl=dict(event.get("volumes_ml") or {}), sequences=job.sequences,
-                reference=job.reference, seconds=time.monotonic() - job.started, event=event)
+                reference=job.reference, seconds=time.monotonic() - job.started, event=event,
+                quality=quality, review=review, uncertaintyNode=uncertaintyNode)
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
 

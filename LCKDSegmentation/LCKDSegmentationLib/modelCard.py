@@ -43,6 +43,11 @@ class ModelSummary:
     validation: Optional[Dict[str, Any]] = None
     training: Dict[str, Any] = field(default_factory=dict)
     members: int = 1
+    mirror_axes: List[int] = field(default_factory=list)  # the card's name: test-time mirroring's axes
+
+    def averagedMembers(self, skipMirroring: bool = False) -> int:
+        """How many members the segmenter averages: each network on each mirror image."""
+        return self.members * (1 if skipMirroring else 2 ** len(self.mirror_axes))
 
     def expectedDice(self, sequences: Sequence[str]) -> Optional[Dict[str, float]]:
         """Validation Dice per region (ET, TC, WT) with exactly these input sequences, if known."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional
 
 from .i18n import translator
 from .logic import LCKDSegmentationLogic, SegmentationOptions
 from .modelChoices import SETTINGS, ModelChoices
 from .panelState import PanelState, panelState
 from .parameterGui import ParameterNodeGui
-from .regionVolumes import volumesTable
+from .resultsView import ResultsView, resultsView, reviewText
 from .segmentationRun import SegmentationRun
 from .sequenceAssignment import SlotAssigner
 
@@ -34,6 +34,7 @@ class PanelController:
         self.assigner = SlotAssigner()
         self.gui = ParameterNodeGui(gui)  # the parameter node's connection to the widgets (``gui``: the ui)
         self.summary = None
+        self.review = ""  # the latest run's review message
 
     # -- what the panel shows ----------------------------------------------------------------------
 
@@ -42,7 +43,7 @@ class PanelController:
         return {sequence: getattr(parameters, name) if parameters else None for sequence, name in self.slots.items()}
 
     def state(self, parameters) -> PanelState:
-        return panelState(self.selected(parameters), self.run.running, self.summary)
+        return panelState(self.selected(parameters), self.run.running, self.summary, self.review)
 
     def chooseModel(self, data: Optional[str]) -> str:
         """Remember the chosen model and read its card; returns the panel's text about it."""
@@ -88,8 +89,9 @@ class PanelController:
         """Packages, model file (downloaded after consent), options, start; True when a job runs.
 
         ``parameters``: the parameter node (volume slots, brats2023Labels, postprocess, preprocess,
-        skipMirroring).
+        skipMirroring, uncertaintyMap).
         """
+        self.review = ""
         if not self.ensureDependencies():
             self.log(_("Python packages are missing; nothing was done."))
             return False
@@ -100,7 +102,7 @@ class PanelController:
             modelPath=Path(modelPath), device=device or DEVICES[max(deviceIndex, 0)],
             labels="brats2023" if parameters.brats2023Labels else "brats2018",
             postprocess=bool(parameters.postprocess), preprocess=bool(parameters.preprocess),
-            skipMirroring=bool(parameters.skipMirroring))
+            skipMirroring=bool(parameters.skipMirroring), uncertaintyMap=bool(parameters.uncertaintyMap))
         error = self.run.start(self.selected(parameters), options)
         if error:
             self.dialogs.errorDisplay(error)
@@ -112,12 +114,15 @@ class PanelController:
         outcome = self.run.finish(scene)
         if outcome.result is None and not outcome.offerCpu:
             self.dialogs.errorDisplay(outcome.error)
+        self.review = "" if outcome.result is None else reviewText(outcome.result.review)
+        if self.review:
+            self.log(self.review)
         return outcome
 
-    def keepResult(self, parameters, outcome) -> List[Tuple[str, str]]:
-        """Make a finished run's segmentation the panel's output; returns the region volume table's rows."""
+    def keepResult(self, parameters, outcome) -> ResultsView:
+        """Make a finished run's segmentation the panel's output; returns what the panel shows of it."""
         parameters.outputSegmentation = outcome.result.segmentationNode
-        return volumesTable(outcome.result.volumesMl)
+        return resultsView(outcome.result, outcome.job.volumes[outcome.job.reference])
 
     def askForCpu(self) -> bool:
         """After a GPU ran out of memory: whether the user wants the run again on the CPU."""

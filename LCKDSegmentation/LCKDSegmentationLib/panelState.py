@@ -20,10 +20,13 @@ class PanelState:
     segmentToolTip: str
     editable: bool  #: slots, model, device and package buttons (locked while a job runs)
     expectation: str  #: the expected Dice for the chosen inputs and what the missing ones cost
+    review: str = ""  #: the latest run's review message (regions the segmenter was unsure of)
 
 
-def panelState(selected: Mapping[str, object], running: bool, summary: Optional[ModelSummary]) -> PanelState:
-    """The panel for ``{sequence: node or None}``, a running job or not, and the chosen model's card."""
+def panelState(selected: Mapping[str, object], running: bool, summary: Optional[ModelSummary],
+               review: str = "") -> PanelState:
+    """The panel for ``{sequence: node or None}``, a running job or not, the chosen model's card and the latest
+    run's review message."""
     problems = " ".join(assignmentProblems(selected))
     present = [sequence for sequence, node in selected.items() if node is not None]
     if running:
@@ -33,4 +36,5 @@ def panelState(selected: Mapping[str, object], running: bool, summary: Optional[
     return PanelState(problems=problems if present else "", segmentEnabled=running or not problems,
                       segmentText=_("Cancel") if running else _("Segment"), segmentToolTip=toolTip,
                       editable=not running,
-                      expectation=expectationText(summary, present) if summary is not None and present else "")
+                      expectation=expectationText(summary, present) if summary is not None and present else "",
+                      review=review)

@@ -38,33 +38,51 @@ def terminologyEntry(context: str, code: Dict) -> str:
     return "~".join([context, _code(code["category"]), _code(code), "^^", REGION_CONTEXT, "^".join(BRAIN), "^^"])
 
 
-def labelMapNodeFromArray(scene, labels: np.ndarray, ijkToRAS: np.ndarray, name: str):
-    """A new vtkMRMLLabelMapVolumeNode holding ``labels`` (indexed [i, j, k]) with ``ijkToRAS``."""
+def volumeNodeFromArray(scene, className: str, voxels: np.ndarray, ijkToRAS: np.ndarray, name: str):
+    """A new volume node of ``className`` holding ``voxels`` (indexed [i, j, k], uint8 or float32) with
+    ``ijkToRAS``."""
     import vtk
     from vtkmodules.util import numpy_support
 
     from .volumeExport import numpyToVtkMatrix
 
     imageData = vtk.vtkImageData()
-    imageData.SetDimensions(*labels.shape)
-    flat = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).transpose(2, 1, 0)).ravel()
-    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    imageData.SetDimensions(*voxels.shape)
+    flat = np.ascontiguousarray(voxels.transpose(2, 1, 0)).ravel()
+    vtkType = vtk.VTK_UNSIGNED_CHAR if voxels.dtype == np.uint8 else vtk.VTK_FLOAT
+    imageData.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtkType))
+    node = scene.AddNewNodeByClass(className, name)
     node.SetIJKToRASMatrix(numpyToVtkMatrix(ijkToRAS))
     node.SetAndObserveImageData(imageData)
     return node
 
 
-def _sharesGrid(referenceVolumeNode, labels: np.ndarray, affine: np.ndarray) -> bool:
-    """Whether the label map lies on the reference volume's world grid."""
+def labelMapNodeFromArray(scene, labels: np.ndarray, ijkToRAS: np.ndarray, name: str):
+    """A new vtkMRMLLabelMapVolumeNode holding ``labels`` (indexed [i, j, k]) with ``ijkToRAS``."""
+    return volumeNodeFromArray(scene, "vtkMRMLLabelMapVolumeNode", np.asarray(labels, dtype=np.uint8), ijkToRAS, name)
+
+
+def sharesReferenceGrid(referenceVolumeNode, voxels: np.ndarray, affine: np.ndarray) -> bool:
+    """Whether a file's voxels lie on the reference volume's world grid."""
     from .volumeExport import isUnderNonLinearTransform, worldIJKToRAS
 
     if referenceVolumeNode is None or isUnderNonLinearTransform(referenceVolumeNode):
         return False
     imageData = referenceVolumeNode.GetImageData()
-    if imageData is None or tuple(imageData.GetDimensions()) != tuple(labels.shape):
+    if imageData is None or tuple(imageData.GetDimensions()) != tuple(voxels.shape):
         return False
     return bool(np.allclose(worldIJKToRAS(referenceVolumeNode), affine, atol=1e-3))
+
+
+def placementOnReference(referenceVolumeNode, voxels: np.ndarray, affine: np.ndarray):
+    """Where a file written on the reference's world grid goes in the scene: ``(ijkToRAS, transform node
+    ID, shares)``: on the reference's own grid under its transform when the grids agree, else on the
+    file's affine with no transform."""
+    from .volumeExport import localIJKToRAS
+
+    if sharesReferenceGrid(referenceVolumeNode, voxels, affine):
+        return localIJKToRAS(referenceVolumeNode), referenceVolumeNode.GetTransformNodeID(), True
+    return np.asarray(affine, dtype=float), None, False
 
 
 def ensureConverterRules() -> None:
@@ -86,17 +104,9 @@ def importLabelMap(scene, labelPath: Path, name: str, referenceVolumeNode=None, 
     import nibabel as nib
     import slicer
 
-    from .volumeExport import localIJKToRAS
-
     image = nib.load(str(labelPath))
     labels = np.asarray(image.dataobj).astype(np.uint8)
-    transformNodeId = None
-    shares = _sharesGrid(referenceVolumeNode, labels, image.affine)
-    if shares:
-        ijkToRAS = localIJKToRAS(referenceVolumeNode)
-        transformNodeId = referenceVolumeNode.GetTransformNodeID()
-    else:
-        ijkToRAS = np.asarray(image.affine, dtype=float)
+    ijkToRAS, transformNodeId, shares = placementOnReference(referenceVolumeNode, labels, image.affine)
     labelNode = labelMapNodeFromArray(scene, labels, ijkToRAS, name + " labels")
     segmentationNode = None
     try:

@@ -1,6 +1,7 @@
 """Checks shared by the pytest suite (slicer-core, no Qt) and ``LCKDSegmentationTest`` inside Slicer,
 so both run the same flow: a `tiny` model, every subset of sequences through the logic, each
-segmentation node compared with the label map the segmenter wrote, cancel, refusals.
+segmentation node compared with the label map the segmenter wrote, cancel, refusals, the uncertainty
+overlay.
 
 Every check returns a list of problems (empty when all is well) instead of asserting, so each
 test framework reports them its own way.
@@ -30,7 +31,7 @@ torch.manual_seed(int(sys.argv[2]))
 model = LCKDNet(PRESETS["tiny"])
 card = ModelCard(preset="tiny", network=model.config.to_dict(), tile_size=[32, 64, 64], spacing_mm=[2.0, 2.0, 2.0],
                  name="tiny-selftest", description="random tiny network for tests",
-                 validation=json.loads(sys.argv[3]))
+                 validation=json.loads(sys.argv[3]), mirror_axes=json.loads(sys.argv[4]))
 save_model(sys.argv[1], model, card)
 """
 
@@ -45,16 +46,18 @@ def syntheticValidationTable() -> Dict:
 
 
 def makeTinyModel(path: Path, python: str, libraryFolder: Path, seed: int = 0,
-                  validation: Optional[Dict] = None) -> Path:
-    """Write a randomly initialised `tiny` model with ``python`` (which needs torch and safetensors)."""
+                  validation: Optional[Dict] = None, mirrorAxes: Sequence[int] = ()) -> Path:
+    """Write a randomly initialised `tiny` model with ``python`` (which needs torch and safetensors); with
+    ``mirrorAxes`` its card asks for test-time mirroring along them."""
     import json
     import os
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(libraryFolder), env.get("PYTHONPATH")]))
     table = json.dumps(validation if validation is not None else syntheticValidationTable())
-    completed = subprocess.run([python, "-c", _TINY_MODEL_SCRIPT, str(path), str(seed), table], cwd=str(libraryFolder),
-                               env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run([python, "-c", _TINY_MODEL_SCRIPT, str(path), str(seed), table,
+                                json.dumps(list(mirrorAxes))], cwd=str(libraryFolder), env=env, capture_output=True,
+                               text=True, timeout=300)
     if completed.returncode != 0:
         raise RuntimeError(f"could not make the tiny model: {completed.stderr.strip()[-500:]}")
     return Path(path)
@@ -251,6 +254,33 @@ def checkRefusals(logic: LCKDSegmentationLogic, scene, volumes: Mapping[str, obj
     return problems
 
 
+def checkUncertainty(logic: LCKDSegmentationLogic, scene, volumes: Mapping[str, object],
+                     options: SegmentationOptions) -> List[str]:
+    """Segment with the uncertainty map (``options.uncertaintyMap``, a model averaging several members): the
+    map's node must lie on the reference volume's world grid with values from 0 to 1, shown through the
+    module's colour table with a threshold; the quality estimate must cover ET, TC and WT."""
+    from .uncertaintyOverlay import COLOR_NODE_NAME
+    from .volumeExport import volumeArray, worldIJKToRAS
+
+    result = logic.segment(scene, volumes, options, timeout=600)
+    node, reference = result.uncertaintyNode, volumes[result.reference]
+    if node is None:
+        return ["no uncertainty map was imported"]
+    problems = []
+    values = volumeArray(node)
+    if values.shape != volumeArray(reference).shape or not np.allclose(worldIJKToRAS(node), worldIJKToRAS(reference)):
+        problems.append("the map is not on the reference volume's grid")
+    if values.min() < 0 or values.max() > 1:
+        problems.append(f"map values from {values.min()} to {values.max()}, not 0 to 1")
+    display = node.GetDisplayNode()
+    color = scene.GetNodeByID(display.GetColorNodeID()) if display is not None else None
+    if color is None or color.GetName() != COLOR_NODE_NAME or not display.GetApplyThreshold():
+        problems.append("the map is not shown through the uncertainty colour table with a threshold")
+    if sorted(result.quality) != ["ET", "TC", "WT"] or not all(0 <= v <= 1 for v in result.quality.values()):
+        problems.append(f"quality estimate {result.quality}")
+    return problems
+
+
 def moveUnderTransform(scene, volumeNode, translation=(4.0, -2.0, 3.0), degrees: float = 10.0,
                        keepWorldPosition: bool = True):
     """Put a volume under a new linear transform (a rotation about S and a shift); returns the transform.
@@ -299,7 +329,8 @@ def runInSlicer(test, logic: LCKDSegmentationLogic, scene, sampleDataModule=None
     """``LCKDSegmentationTest``'s steps: ``test`` is the unittest case (assertions, ``delayDisplay``).
 
     The sample phantom is loaded through Slicer's Sample Data module, the FLAIR copied onto a flipped
-    grid and the T1ce put under a transform; then refusals, cancel and all 15 subsets with a tiny model.
+    grid and the T1ce put under a transform; then refusals, cancel and all 15 subsets with a tiny model,
+    and the uncertainty overlay with a tiny model mirrored along x.
     """
     import shutil
     import tempfile
@@ -335,6 +366,11 @@ def runInSlicer(test, logic: LCKDSegmentationLogic, scene, sampleDataModule=None
         problems = checkSubsets(logic, scene, volumes, options, concurrency=2)
         test.assertEqual(len(problems), 15)
         test.assertEqual({key: found for key, found in problems.items() if found}, {})
+        test.delayDisplay("Uncertainty overlay")
+        mirrored = makeTinyModel(folder / "mirrored.safetensors", logic.python, logic.libraryFolder, mirrorAxes=[2])
+        test.assertEqual(checkUncertainty(logic, scene, {"t2": volumes["t2"], "t1ce": volumes["t1ce"]},
+                                          SegmentationOptions(modelPath=mirrored, device="cpu", threads=1,
+                                                              uncertaintyMap=True)), [])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     test.delayDisplay("Test passed")

@@ -90,6 +90,9 @@ def _add_segment_command(subparsers) -> None:
 
     add_dicom_options(inputs, parser)
     parser.add_argument("--out-dir", type=Path, metavar="OUT_DIR", help="output folder (with --batch)")
+    parser.add_argument("--uncertainty", type=Path, metavar="FILE.nii.gz",
+                        help="also write the voxel uncertainty map (single case): float, 0 where the averaged "
+                             "members (networks x mirror images) agree to 1, on the label map's grid")
     parser.add_argument("--model", type=Path, metavar="FILE",
                         help=f"model file (.safetensors); default: ${MODEL_ENVIRONMENT_VARIABLE} or the bundled model")
     parser.add_argument("--device", default="auto", type=_device, help="auto (GPU if available), cpu, cuda or cuda:N")
@@ -151,10 +154,17 @@ def _subset(files: Dict[str, Path], wanted: Sequence[str], folder: Path) -> Dict
     return {name: files[name] for name in wanted}
 
 
-def _print_result(output: Path, result) -> None:
+def print_result(output: object, result) -> None:
+    """The result's line (volumes, quality estimate, time) and a line per region flagged for review."""
+    from .uncertainty import review_message
+
     volumes = ", ".join(f"{region} {ml:.1f} mL" for region, ml in result.volumes_ml.items())
-    sys.stdout.write(f"{output}: {volumes}; {sum(result.seconds.values()):.1f} s "
-                 f"({'+'.join(result.sequences)}, reference {result.reference})\n")
+    quality = "no quality estimate (one member averaged)" if result.quality is None else \
+        "quality " + ", ".join(f"{region} {value:.2f}" for region, value in result.quality.items())
+    sys.stdout.write(f"{output}: {volumes}; {quality}; {sum(result.seconds.values()):.1f} s "
+                     f"({'+'.join(result.sequences)}, reference {result.reference})\n")
+    for region in result.review:
+        sys.stdout.write(f"{output}: {review_message(region)}\n")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -204,20 +214,35 @@ def _segment(args: argparse.Namespace, reporter: Reporter, progress: str) -> int
     if args.output is None:
         raise LCKDError("give the output file with -o OUT.nii.gz")
     model = args.model or default_model()
-    check_output(args.output, protected_files(files, case_folder=args.case, model=model))
+    protected = protected_files(files, case_folder=args.case, model=model)
+    check_output(args.output, protected)
+    if args.uncertainty is not None:
+        check_output(args.uncertainty, dict(protected, **{os.path.realpath(args.output): "the label map (-o)"}))
     segmenter = Segmenter(model, device=args.device, precision=args.precision, mirroring=not args.no_tta)
-    result = segmenter.segment_to_file(files, args.output, reporter=reporter, **options)
+    result = segmenter.segment_to_file(files, args.output, reporter=reporter, uncertainty_output=args.uncertainty,
+                                       **options)
+    written = dict(output=str(args.output), **({"uncertainty": str(args.uncertainty)} if args.uncertainty else {}))
     if progress == "json":
-        reporter.done(dict(output=str(args.output), **result.summary()))
+        reporter.done(dict(written, **result.summary()))
     else:
         reporter.done({})
-        _print_result(args.output, result)
+        print_result(args.output, result)
     return 0
 
 
 #: Columns of ``volumes.csv``: one row per folder of the batch, whatever became of it.
 BATCH_COLUMNS = ["case", "sequences", "seconds"] + [f"{region}_ml" for region in REGIONS] + \
-    ["status", "reason", "output"]
+    [f"{region}_quality" for region in REGIONS] + ["review", "status", "reason", "output"]
+
+
+def result_row(result) -> Dict[str, object]:
+    """A segmented case's columns of ``volumes.csv``: sequences, seconds, volumes, quality, review."""
+    row: Dict[str, object] = {"sequences": "+".join(result.sequences),
+                              "seconds": round(sum(result.seconds.values()), 2)}
+    row.update({f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()})
+    row.update({f"{region}_quality": round(v, 3) for region, v in (result.quality or {}).items()})
+    row["review"] = " ".join(result.review)
+    return row
 
 
 def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> int:
@@ -237,8 +262,8 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
         return _write_batch(rows, args.out_dir, table, reporter)
     if args.out_dir is None:
         raise LCKDError("--batch needs --out-dir OUT_DIR")
-    if any(getattr(args, name) for name in SEQUENCES) or args.case or args.output:
-        raise LCKDError("--batch takes no sequence files, --case or -o (outputs go to --out-dir)")
+    if any(getattr(args, name) for name in SEQUENCES) or args.case or args.output or args.uncertainty:
+        raise LCKDError("--batch takes no sequence files, --case, -o or --uncertainty (outputs go to --out-dir)")
     out_dir = os.path.realpath(args.out_dir)
     scanned = [entry for entry in scan_folders(args.batch)  # a results folder inside the batch folder is no case
                if not (os.path.realpath(entry.folder) + os.sep).startswith(out_dir + os.sep)]
@@ -275,10 +300,8 @@ def _run_batch(args: argparse.Namespace, reporter: Reporter, options: dict) -> i
         if isinstance(reporter, JsonReporter):
             reporter.done(dict(case=entry.relative, output=str(output), **result.summary()))
         else:
-            _print_result(output, result)
-        row.update({f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()})
-        rows.append(dict(row, sequences="+".join(result.sequences), seconds=round(sum(result.seconds.values()), 2),
-                         status="segmented", output=str(output)))
+            print_result(output, result)
+        rows.append(dict(row, **result_row(result), status="segmented", output=str(output)))
     return _write_batch(rows, args.out_dir, table, reporter)
 
 

@@ -150,19 +150,30 @@ class TilePredictor:
 
 class EnsemblePredictor:
     """Callable for MONAI: the mean of several networks' :class:`TilePredictor` probabilities for
-    the same tiles (a :class:`lckd.ensemble.NetworkEnsemble`); ``on_tile`` counts each batch once."""
+    the same tiles (a :class:`lckd.ensemble.NetworkEnsemble`); ``on_tile`` counts each batch once.
 
-    def __init__(self, predictors: Sequence[TilePredictor], on_tile: Optional[Callable[[int], None]] = None) -> None:
+    With ``separate`` it returns every network's probabilities instead, network ``k``'s regions in
+    channels ``3k`` to ``3k + 2``, so that MONAI blends each network on its own (for the members'
+    spread, :mod:`lckd.uncertainty`).
+    """
+
+    def __init__(self, predictors: Sequence[TilePredictor], on_tile: Optional[Callable[[int], None]] = None,
+                 separate: bool = False) -> None:
         self.predictors = list(predictors)
         self.on_tile = on_tile
+        self.separate = separate
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        total = self.predictors[0](tiles)
-        for predictor in self.predictors[1:]:
-            total.add_(predictor(tiles))
+        if self.separate:
+            result = torch.cat([predictor(tiles) for predictor in self.predictors], dim=1)
+        else:
+            result = self.predictors[0](tiles)
+            for predictor in self.predictors[1:]:
+                result.add_(predictor(tiles))
+            result.div_(len(self.predictors))
         if self.on_tile is not None:
             self.on_tile(tiles.shape[0])
-        return total.div_(len(self.predictors))
+        return result
 
 
 def _convolve(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -182,7 +193,8 @@ def sliding_window_probabilities(model: LCKDNet | NetworkEnsemble, images: torch
                                  tile_size: Sequence[int], overlap: float = OVERLAP, sw_batch_size: int = 1,
                                  reuse_absent: bool = True,
                                  on_tile: Optional[Callable[[int], None]] = None,
-                                 mirror_axes: Sequence[int] = ()) -> torch.Tensor:
+                                 mirror_axes: Sequence[int] = (),
+                                 on_member: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     """Region probabilities ``(3, Z, Y, X)`` (float32, on the images' device) for ``images``
     ``(4, Z, Y, X)`` (absent channels may hold anything: they are zeroed). The network computes
     in its own dtype and layout (see :meth:`LCKDNet.freeze_for_inference`).
@@ -192,13 +204,19 @@ def sliding_window_probabilities(model: LCKDNet | NetworkEnsemble, images: torch
     nnU-Net does, for a network trained with random flips along them. An ensemble's probabilities
     are its networks' mean (:class:`EnsemblePredictor`). ``on_tile(n)`` is called after every batch
     of ``n`` tiles, for progress reporting (each pass visits every tile).
+
+    ``on_member(probabilities)``, if given, receives each averaged member's own ``(3, Z, Y, X)``
+    probabilities, flipped back: every network on every mirror image, mirror image by mirror image
+    (for :mod:`lckd.uncertainty`; the same passes, no more). The ensemble's networks are then
+    blended one by one before they are averaged, which equals averaging per tile up to float rounding.
     """
     device = images.device
     mask = torch.tensor(present, dtype=images.dtype, device=device).view(-1, 1, 1, 1)
     batch = (images * mask).unsqueeze(0)
     networks = networks_of(model)
     predictor = TilePredictor(networks[0], present, reuse_absent, on_tile) if len(networks) == 1 else \
-        EnsemblePredictor([TilePredictor(network, present, reuse_absent) for network in networks], on_tile)
+        EnsemblePredictor([TilePredictor(network, present, reuse_absent) for network in networks], on_tile,
+                          separate=on_member is not None)
     flips = mirror_flips(mirror_axes)
     total = None
     for flip in flips:
@@ -208,5 +226,10 @@ def sliding_window_probabilities(model: LCKDNet | NetworkEnsemble, images: torch
                                                  sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
                                                  mode="constant", padding_mode="constant", cval=0.0).float()[0]
         probabilities = probabilities.flip([d - 1 for d in dims]) if dims else probabilities
+        if on_member is not None:
+            members = probabilities.unflatten(0, (len(networks), -1))
+            for member in members:
+                on_member(member)
+            probabilities = members.mean(dim=0)  # a new tensor: what on_member kept stays as it was
         total = probabilities if total is None else total.add_(probabilities)
     return total / len(flips) if len(flips) > 1 else total

@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
@@ -197,9 +197,16 @@ def atomic_path(destination: PathLike) -> Iterator[Path]:
 
 def save_nifti(path: PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
     """Write ``data`` with ``affine`` (qform and sform set) atomically; returns the path."""
-    image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    with atomic_path(path) as temporary:
-        nib.save(image, str(temporary))
+    save_niftis([(path, data, affine)])
     return Path(path)
+
+
+def save_niftis(images: Sequence[Tuple[PathLike, np.ndarray, np.ndarray]]) -> None:
+    """Write several ``(path, data, affine)`` images, each to a temporary file beside it; they are renamed
+    into place only once every one is written, so a failure leaves none of them."""
+    with contextlib.ExitStack() as stack:
+        for path, data, affine in images:
+            image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+            image.set_qform(image.affine, code=1)
+            image.set_sform(image.affine, code=1)
+            nib.save(image, str(stack.enter_context(atomic_path(path))))

@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", type=Path, help="a split file (lckd train --split): its validation cases")
     parser.add_argument("--fold", type=int, metavar="K", help="the fold K of a --split file of folds")
+    parser.add_argument("--cases", default="", help="comma-separated case names: only these (of the split's)")
     parser.add_argument("--mirror-axes", type=parse_mirror_axes, default="none",
                         help="'none', 'model' (each card's) or e.g. 0,1,2")
     parser.add_argument("--postprocess", default="specks", help="a rule of lckd segment --postprocess")
@@ -86,6 +87,12 @@ def main() -> None:
     if args.split:
         chosen = set(read_split_file(args.split, cases, args.fold)["validation"])
         cases = [case for case in cases if case.name in chosen]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        missing = wanted - {case.name for case in cases}
+        if missing:
+            raise SystemExit(f"--cases: {', '.join(sorted(missing))} not among the labelled (validation) cases")
+        cases = [case for case in cases if case.name in wanted]
     tried = candidates(list(models), [float(t) for t in args.thresholds.split(",")])
     keys = [subset_key(s) for s in all_subsets()]
     tables = {name: ScoreTable(keys, spacing) for name, _, _ in tried}

@@ -67,6 +67,9 @@ def _check_combinations(args: argparse.Namespace, batch: bool) -> None:
     if _overrides(args) and (batch or not args.study):
         raise LCKDError(f"{', '.join('--' + n + '-series' for n in _overrides(args))} chooses a series of one "
                         f"--study; it cannot be used {'with --batch' if batch else 'without --study'}")
+    if args.uncertainty is not None:
+        raise LCKDError("--uncertainty writes a NIfTI map beside a single case's NIfTI label map; it is not "
+                        "available with --study or --dicomweb (the quality estimate is printed all the same)")
     if args.dicomweb and not (args.study or batch):
         raise LCKDError("--dicomweb URL needs --study UID (or --batch FILE listing study UIDs)")
 
@@ -79,12 +82,6 @@ def _check_uid(uid: str) -> None:
 def _log(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _result_line(where: str, result) -> str:
-    volumes = ", ".join(f"{region} {ml:.1f} mL" for region, ml in result.volumes_ml.items())
-    return (f"{where}: {volumes}; {sum(result.seconds.values()):.1f} s ({'+'.join(result.sequences)}, "
-            f"reference {result.reference})")
 
 
 def _dicom_segmenter(args: argparse.Namespace, options: dict, model: Path):
@@ -150,11 +147,13 @@ def segment_dicom(args: argparse.Namespace, files: Dict[str, Path], reporter: Re
 
 
 def _finish(reporter: Reporter, progress: str, where: str, result, **extra) -> int:
+    from ..cli import print_result
+
     if progress == "json":
         reporter.done(dict(output=where, **extra, **result.summary()))
     else:
         reporter.done({})
-        sys.stdout.write(_result_line(where, result) + "\n")
+        print_result(where, result)
     return 0
 
 
@@ -184,7 +183,7 @@ def _study_uids(path: Path) -> List[str]:
 def study_batch_rows(args: argparse.Namespace, reporter: Reporter, options: dict) -> Tuple[List[dict], Path]:
     """Segment every study of ``--batch`` (sub-folders with ``--studies``, UIDs with ``--dicomweb``);
     returns one ``volumes.csv`` row per study, whatever became of it, and the table's path."""
-    from ..cli import default_model
+    from ..cli import default_model, print_result, result_row
     from ..output_safety import check_output, protected_files
     from .dependencies import require
 
@@ -241,8 +240,6 @@ def study_batch_rows(args: argparse.Namespace, reporter: Reporter, options: dict
         if isinstance(reporter, JsonReporter):
             reporter.done(dict(case=name, output=where, **result.summary()))
         else:
-            sys.stdout.write(_result_line(where, result) + "\n")
-        row.update({f"{region}_ml": round(v, 3) for region, v in result.volumes_ml.items()})
-        rows.append(dict(row, sequences="+".join(result.sequences), seconds=round(sum(result.seconds.values()), 2),
-                         status="segmented", output=where))
+            print_result(where, result)
+        rows.append(dict(row, **result_row(result), status="segmented", output=where))
     return rows, table
