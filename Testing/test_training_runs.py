@@ -176,6 +176,15 @@ def test_an_ensemble_of_trained_models_segments_evaluates_and_refuses_misfits(tr
         assert main(["ensemble", *arguments]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.safetensors", "pair.safetensors", "twin.safetensors"]
+    shipped = tmp_path / "shipped.safetensors"  # one network: itself, with the card a shipped model needs
+    assert main(["ensemble", str(single), "--out", str(shipped), "--mirror-axes", "0,1,2", "--postprocess", "specks",
+                 "--name", "one", "--description", "one network"]) == 0
+    one = read_card(shipped)
+    assert (one.members, one.mirror_axes, one.postprocessing, one.name, one.validation) == (1, [0, 1, 2], "specks",
+                                                                                           "one", None)
+    assert one.training["validation_cases"] == first.training["validation_cases"]
+    assert load_model(shipped)[0].state_dict().keys() == load_model(single)[0].state_dict().keys()
+    shipped.unlink()
 
     case = t1ce_cases / "Case_00"
     for model in (single, pair):  # two copies of one network: the same probabilities, the same label map

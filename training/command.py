@@ -72,7 +72,8 @@ def add_training_commands(subparsers) -> None:
                     "seeds or folds of one recipe); lckd segment and lckd evaluate average their region "
                     "probabilities tile by tile. Its card has no validation table until lckd evaluate "
                     "--write-card measures the ensemble.")
-    ensemble.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="two or more model files")
+    ensemble.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                          help="one or more model files (one: that network, shipped with the card written here)")
     ensemble.add_argument("--out", type=Path, required=True, metavar="FILE", help="the new .safetensors file")
     ensemble.add_argument("--name", help="the model's name (default: the file name without .safetensors)")
     ensemble.add_argument("--description", default="", help="one paragraph for the model card")
@@ -138,7 +139,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
     postprocessing = None if args.postprocess == "model" else "" if args.postprocess == "none" else args.postprocess
     command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ensemble"] else ""
     path = build_ensemble(args.models, args.out, args.name, args.description, mirror_axes, postprocessing, command)
-    sys.stdout.write(f"ensemble of {len(args.models)} networks written to {path}; measure it with "
+    what = f"ensemble of {len(args.models)} networks" if len(args.models) > 1 else "one network"
+    sys.stdout.write(f"{what} written to {path}; measure it with "
                      f"lckd evaluate --model {path} --write-card\n")
     return 0
 

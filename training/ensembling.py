@@ -69,13 +69,15 @@ def ensemble_card(paths: Sequence[Path], cards: Sequence[ModelCard], name: str, 
 def build_ensemble(paths: Sequence[Path], out: Path, name: Optional[str] = None, description: str = "",
                    mirror_axes: Optional[List[int]] = None, postprocessing: Optional[str] = None,
                    command: str = "") -> Path:
-    """Write the ensemble of the model files ``paths`` to ``out`` (a new file, written atomically)."""
+    """Write the ensemble of the model files ``paths`` to ``out`` (a new file, written atomically). One
+    file gives that network alone with the card written here (name, description, mirroring, rule), as a
+    single network ships."""
     from lckd.ensemble import NetworkEnsemble
 
     paths = [Path(p) for p in paths]
     out = Path(out)
-    if len(paths) < 2:
-        raise LCKDError(f"an ensemble needs two or more model files, got {len(paths)}")
+    if not paths:
+        raise LCKDError("give one or more model files")
     if len({p.resolve() for p in paths}) != len(paths):
         raise LCKDError("the same model file is given twice; an ensemble averages different networks")
     if out.exists():
@@ -89,4 +91,4 @@ def build_ensemble(paths: Sequence[Path], out: Path, name: Optional[str] = None,
     card = ensemble_card(paths, cards, name or out.name[:-len(".safetensors")], description, mirror_axes,
                          postprocessing, command)
     networks = [load_model(path)[0] for path in paths]
-    return save_model(out, NetworkEnsemble(networks), card)
+    return save_model(out, networks[0] if len(networks) == 1 else NetworkEnsemble(networks), card)
