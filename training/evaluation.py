@@ -19,21 +19,15 @@ import torch
 from scipy import ndimage
 
 from lckd.inference import sliding_window_probabilities
-from lckd.labels import labels_from_regions, regions_from_labels
+from lckd.labels import dice, labels_from_regions, regions_from_labels
 from lckd.network import LCKDNet
 from lckd.postprocessing import postprocess as apply_postprocessing
-from lckd.sequences import REGIONS, SEQUENCES, all_subsets, presence_mask, subset_key
+from lckd.sequences import REGIONS, REPORTED_REGIONS, SEQUENCES, all_subsets, presence_mask, subset_key
 
 from .data import CachedCase
 
-REPORTED_REGIONS = ("ET", "TC", "WT")
 REGION_INDEX = {region: channel for channel, region in enumerate(REGIONS)}  # channel of regions_from_labels
 EMPTY_HD95 = 373.13
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = prediction.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

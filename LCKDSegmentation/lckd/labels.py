@@ -19,6 +19,12 @@ OEDEMA = 2
 ET_LABEL = {"brats2018": 4, "brats2023": 3}
 
 
+def dice(prediction, truth) -> float:
+    """Dice of two boolean masks (numpy arrays or torch tensors); both empty: 1."""
+    total = prediction.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
+
+
 def et_label_of(convention: str) -> int:
     try:
         return ET_LABEL[convention]

@@ -108,8 +108,6 @@ class Segmenter:
         reporter = reporter or Reporter()
         if not files:
             raise InputError("no input sequence given: give at least one of --flair, --t1, --t1ce, --t2")
-        if uncertainty:
-            self.check_spread()
         check_distinct_files(files)
         started = time.perf_counter()
         reporter.stage("load", "reading " + ", ".join(SEQUENCE_TITLES[s] for s in ordered(list(files))))

@@ -11,6 +11,8 @@ from typing import Iterable, List, Sequence, Tuple
 
 SEQUENCES: Tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 REGIONS: Tuple[str, ...] = ("ET", "WT", "TC")
+#: The order in which regions are reported (tables, quality estimates).
+REPORTED_REGIONS: Tuple[str, ...] = ("ET", "TC", "WT")
 
 #: Human-readable sequence names, used in messages and the Slicer module.
 SEQUENCE_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}

@@ -21,10 +21,10 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
-from .sequences import REGIONS
+from .labels import dice
+from .sequences import REGIONS, REPORTED_REGIONS
 
-#: The regions reported, in reporting order, and their names in messages.
-REPORTED = ("ET", "TC", "WT")
+#: The regions' names in messages.
 REGION_TITLES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
 #: A region whose quality estimate is below this is flagged for review: the thresholds that
 #: Testing/Benchmarks/uncertainty_calibration.py chose (most catches minus costs, rounded to two decimals) for
@@ -47,12 +47,6 @@ def binary_entropy(probabilities: torch.Tensor) -> torch.Tensor:
 def uncertainty_map(probabilities: torch.Tensor) -> torch.Tensor:
     """The voxel uncertainty map ``(Z, Y, X)`` in [0, 1] of averaged region probabilities ``(3, Z, Y, X)``."""
     return binary_entropy(probabilities).amax(dim=0)
-
-
-def mask_dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dice of two boolean masks; both empty: 1."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 class MemberSpread:
@@ -82,13 +76,13 @@ class MemberSpread:
         if self.members < 2:
             return None
         averaged = (probabilities > 0.5).cpu()
-        totals = {region: 0.0 for region in REPORTED}
+        totals = {region: 0.0 for region in REPORTED_REGIONS}
         for index in range(self.members):
             mask = self._member_mask(index)
-            for region in REPORTED:
+            for region in REPORTED_REGIONS:
                 channel = REGIONS.index(region)
-                totals[region] += mask_dice(mask[channel], averaged[channel])
-        return {region: totals[region] / self.members for region in REPORTED}
+                totals[region] += dice(mask[channel], averaged[channel])
+        return {region: totals[region] / self.members for region in REPORTED_REGIONS}
 
 
 def needs_review(quality: Optional[Mapping[str, float]], below: Optional[Mapping[str, float]] = None) -> List[str]:
@@ -97,7 +91,7 @@ def needs_review(quality: Optional[Mapping[str, float]], below: Optional[Mapping
     if quality is None:
         return []
     below = REVIEW_BELOW if below is None else below
-    return [region for region in REPORTED if quality[region] < below[region]]
+    return [region for region in REPORTED_REGIONS if quality[region] < below[region]]
 
 
 def review_message(region: str) -> str:
