@@ -113,6 +113,16 @@ def test_preset_mismatch_and_newer_format_are_refused(tmp_path, tiny_model):
         load_model(_rewrite_card(tiny_model, tmp_path / "d.safetensors", tile_size=[30, 64, 64]))
 
 
+def test_review_thresholds_are_read_back_and_malformed_ones_refused(tmp_path, tiny_model):
+    thresholds = {"ET": 0.9, "TC": 0.85, "WT": 0.5}
+    assert read_card(_rewrite_card(tiny_model, tmp_path / "a.safetensors", review_below=thresholds)).review_below \
+        == thresholds
+    assert read_card(tiny_model).review_below is None
+    for bad in ({"ET": 0.9, "TC": 0.85}, {"ET": 0.9, "TC": 0.85, "WT": 1.5}, {"ET": "high", "TC": 0.8, "WT": 0.5}, 0.9):
+        with pytest.raises(ModelFileError, match="field review_below"):
+            read_card(_rewrite_card(tiny_model, tmp_path / "b.safetensors", review_below=bad))
+
+
 def test_save_refuses_a_card_that_does_not_describe_the_model(tmp_path):
     model = LCKDNet(PRESETS["tiny"])
     card = ModelCard(preset="small", network=PRESETS["small"].to_dict(), tile_size=[32, 64, 64])

@@ -175,13 +175,17 @@ def test_an_ensemble_of_trained_models_segments_evaluates_and_refuses_misfits(tr
     for message, arguments in refused.items():
         assert main(["ensemble", *arguments]) == 2
         assert message in capsys.readouterr().err
+    for thresholds in ("ET=0.9,TC=0.8", "ET=0.9,TC=0.8,WT=2", "ET=high,TC=0.8,WT=0.5"):
+        with pytest.raises(SystemExit):
+            main(["ensemble", str(single), "--out", str(tmp_path / "d.safetensors"), "--review-below", thresholds])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.safetensors", "pair.safetensors", "twin.safetensors"]
     shipped = tmp_path / "shipped.safetensors"  # one network: itself, with the card a shipped model needs
     assert main(["ensemble", str(single), "--out", str(shipped), "--mirror-axes", "0,1,2", "--postprocess", "specks",
-                 "--name", "one", "--description", "one network"]) == 0
+                 "--name", "one", "--description", "one network", "--review-below", "ET=0.9,TC=0.8,WT=0.5"]) == 0
     one = read_card(shipped)
     assert (one.members, one.mirror_axes, one.postprocessing, one.name, one.validation) == (1, [0, 1, 2], "specks",
                                                                                            "one", None)
+    assert one.review_below == {"ET": 0.9, "TC": 0.8, "WT": 0.5} and card.review_below is None
     assert one.training["validation_cases"] == first.training["validation_cases"]
     assert load_model(shipped)[0].state_dict().keys() == load_model(single)[0].state_dict().keys()
     shipped.unlink()

@@ -196,6 +196,17 @@ def test_segment_prints_the_quality_and_flags_regions_for_review(write_case, mir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.nii.gz", "tumour.nii.gz"]  # no map unless asked
 
 
+def test_the_cards_own_review_thresholds_replace_the_fallback(write_case, tmp_path, capsys, monkeypatch):
+    model = make_tiny_model_file(tmp_path / "own.safetensors", seed=6, mirror_axes=[2],
+                                 review_below={"ET": 0.0, "TC": 0.0, "WT": 0.0})
+    files = write_case(("t2",))
+    monkeypatch.setattr("lckd.uncertainty.REVIEW_BELOW", {"ET": 1.01, "TC": 0.0, "WT": 1.01})
+    assert run_cli("segment", "--t2", files["t2"], "-o", tmp_path / "tumour.nii.gz", "--model", model,
+                   "--progress", "none") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and "quality ET " in printed[0]  # the fallback would flag ET and WT (test above)
+
+
 def test_batch_table_has_the_quality_and_review_columns(write_case, mirrored_model, tmp_path):
     root = tmp_path / "cases"
     for case in ("Case_A", "Case_B"):

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from lckd.errors import LCKDError
 from lckd.postprocessing import RULES as POSTPROCESSING_RULES
@@ -83,6 +83,10 @@ def add_training_commands(subparsers) -> None:
     ensemble.add_argument("--postprocess", choices=("model",) + tuple(POSTPROCESSING_RULES), default="model",
                           metavar="RULE", help="the rule lckd segment applies by default: model (the networks' "
                                                f"common rule) or one of {', '.join(POSTPROCESSING_RULES)}")
+    ensemble.add_argument("--review-below", type=parse_review_thresholds, metavar="ET=X,TC=Y,WT=Z",
+                          help="the review thresholds of the quality estimate, measured for these members (e.g. "
+                               "by uncertainty_calibration.py on the recipe's held-out network); default: none in "
+                               "the card, so lckd segment uses lckd.uncertainty.REVIEW_BELOW")
     ensemble.set_defaults(func=run_ensemble)
 
 
@@ -97,6 +101,20 @@ def parse_mirror_axes(text: str):
     if not axes or len(set(axes)) != len(axes) or not all(0 <= a <= 2 for a in axes):
         raise argparse.ArgumentTypeError(f"{text!r}: give model, none, or distinct axes of 0, 1, 2 (e.g. 0,1,2)")
     return axes
+
+
+def parse_review_thresholds(text: str) -> Dict[str, float]:
+    """argparse type of ``--review-below``: ``ET=X,TC=Y,WT=Z``, each between 0 and 1."""
+    thresholds: Dict[str, float] = {}
+    for item in text.split(","):
+        region, _, value = item.partition("=")
+        try:
+            thresholds[region.strip()] = float(value)
+        except ValueError:
+            break
+    if sorted(thresholds) != ["ET", "TC", "WT"] or not all(0 <= v <= 1 for v in thresholds.values()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give ET=X,TC=Y,WT=Z with each threshold between 0 and 1")
+    return thresholds
 
 
 def chosen_mirror_axes(choice, card_axes: Sequence[int]) -> List[int]:
@@ -138,7 +156,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
     mirror_axes = None if args.mirror_axes == "model" else chosen_mirror_axes(args.mirror_axes, [])
     postprocessing = None if args.postprocess == "model" else "" if args.postprocess == "none" else args.postprocess
     command = "lckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ensemble"] else ""
-    path = build_ensemble(args.models, args.out, args.name, args.description, mirror_axes, postprocessing, command)
+    path = build_ensemble(args.models, args.out, args.name, args.description, mirror_axes, postprocessing, command,
+                          args.review_below)
     what = f"ensemble of {len(args.models)} networks" if len(args.models) > 1 else "one network"
     sys.stdout.write(f"{what} written to {path}; measure it with "
                      f"lckd evaluate --model {path} --write-card\n")

@@ -41,11 +41,13 @@ def _common(cards: Sequence[ModelCard], paths: Sequence[Path], name: str, remedy
 
 def ensemble_card(paths: Sequence[Path], cards: Sequence[ModelCard], name: str, description: str = "",
                   mirror_axes: Optional[List[int]] = None, postprocessing: Optional[str] = None,
-                  command: str = "") -> ModelCard:
+                  command: str = "", review_below: Optional[Dict[str, float]] = None) -> ModelCard:
     """The card of the ensemble of the networks in ``paths`` (with their ``cards``).
 
-    ``mirror_axes`` and ``postprocessing`` default to the networks' common ones. The training cases
-    are every network's; the validation cases those that every network held out and none trained on.
+    ``mirror_axes`` and ``postprocessing`` default to the networks' common ones. ``review_below`` (the
+    review thresholds) is never taken from the networks: their members, so their agreement, differ. The
+    training cases are every network's; the validation cases those that every network held out and none
+    trained on.
     """
     for field_name in SHARED_FIELDS:
         _common(cards, paths, field_name, f"the networks of an ensemble must share {', '.join(SHARED_FIELDS)}")
@@ -61,14 +63,14 @@ def ensemble_card(paths: Sequence[Path], cards: Sequence[ModelCard], name: str, 
     return ModelCard(preset=first.preset, network=first.network, tile_size=first.tile_size,
                      spacing_mm=first.spacing_mm, normalisation=first.normalisation, method="+".join(methods),
                      postprocessing=postprocessing, mirror_axes=list(mirror_axes), name=name,
-                     description=description,
+                     description=description, review_below=review_below,
                      training={"members": [_member(path, card) for path, card in zip(paths, cards)],
                                "training_cases": trained, "validation_cases": held_out, "command": command})
 
 
 def build_ensemble(paths: Sequence[Path], out: Path, name: Optional[str] = None, description: str = "",
                    mirror_axes: Optional[List[int]] = None, postprocessing: Optional[str] = None,
-                   command: str = "") -> Path:
+                   command: str = "", review_below: Optional[Dict[str, float]] = None) -> Path:
     """Write the ensemble of the model files ``paths`` to ``out`` (a new file, written atomically). One
     file gives that network alone with the card written here (name, description, mirroring, rule), as a
     single network ships."""
@@ -89,6 +91,6 @@ def build_ensemble(paths: Sequence[Path], out: Path, name: Optional[str] = None,
         if card.members != 1:
             raise LCKDError(f"{path}: is already an ensemble of {card.members} networks; give its networks' files")
     card = ensemble_card(paths, cards, name or out.name[:-len(".safetensors")], description, mirror_axes,
-                         postprocessing, command)
+                         postprocessing, command, review_below)
     networks = [load_model(path)[0] for path in paths]
     return save_model(out, networks[0] if len(networks) == 1 else NetworkEnsemble(networks), card)

@@ -47,6 +47,9 @@ class ModelCard:
     teachers: Optional[Dict[str, Any]] = None
     importance: Optional[Dict[str, float]] = None
     validation: Optional[Dict[str, Any]] = None
+    # per region (ET, TC, WT): a quality estimate below this flags the region for review, as measured for
+    # this model (Testing/Benchmarks/uncertainty_calibration.py --write-card); None: lckd.uncertainty.REVIEW_BELOW
+    review_below: Optional[Dict[str, float]] = None
     postprocessing: str = ""  # the rule `lckd segment` applies by default (lckd.postprocessing.RULES); "" none
     # network axes (0 z, 1 y, 2 x) that test-time mirroring flips by default (lckd.inference.mirror_flips)
     mirror_axes: List[int] = field(default_factory=list)
@@ -146,6 +149,10 @@ def _check_fields(card: ModelCard, source: str) -> None:
             if not _is_int(value) or value < (1 if name == "histogram_bins" else 0):
                 refuse(f"normalisation.{name}", value, "a positive whole number" if name == "histogram_bins"
                        else "a whole number >= 0")
+    if card.review_below is not None and (
+            not isinstance(card.review_below, dict) or sorted(card.review_below) != ["ET", "TC", "WT"]
+            or not all(_is_number(v) and 0 <= v <= 1 for v in card.review_below.values())):
+        refuse("review_below", card.review_below, "an object of ET, TC and WT thresholds between 0 and 1, or null")
     if card.validation is not None:
         subsets = card.validation.get("subsets", {})
         if not isinstance(subsets, dict) or not all(isinstance(v, dict) for v in subsets.values()):

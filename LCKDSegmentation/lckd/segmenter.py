@@ -47,7 +47,7 @@ class SegmentationResult:
     seconds: Dict[str, float] = field(default_factory=dict)
     #: the quality estimate per region (ET, TC, WT), None when one member was averaged (lckd.uncertainty)
     quality: Optional[Dict[str, float]] = None
-    #: the regions flagged for review (estimate below lckd.uncertainty.REVIEW_BELOW)
+    #: the regions flagged for review (estimate below the card's review_below, else lckd.uncertainty.REVIEW_BELOW)
     review: List[str] = field(default_factory=list)
     #: how many members were averaged (networks x mirror images)
     members: int = 1
@@ -199,7 +199,8 @@ class Segmenter:
         return SegmentationResult(labels=label_map, affine=grid.affine, reference=prepared.reference,
                                   sequences=[s for s, p in zip(SEQUENCES, present) if p],
                                   volumes_ml=region_volumes_ml(label_map, grid.voxel_volume_mm3, et_label),
-                                  seconds=seconds, quality=quality, review=needs_review(quality),
+                                  seconds=seconds, quality=quality,
+                                  review=needs_review(quality, self.card.review_below),
                                   members=self.members, uncertainty=voxel_map)
 
     def check_spread(self) -> None:

@@ -6,7 +6,8 @@ every mirror image of test-time mirroring), collected on the passes inference ru
   out of every region, 1 where their average is 0.5.
 * **Quality estimate per region** (ET, TC, WT): the mean Dice between each member's region mask
   (probability > 0.5) and the averaged one's: 1 when every member draws the same region.
-* **Review flag**: a region whose estimate is below :data:`REVIEW_BELOW` is named for review.
+* **Review flag**: a region whose estimate is below its threshold is named for review: the model
+  card's ``review_below`` (measured for that model), else :data:`REVIEW_BELOW`.
 
 How these compare with other measures of the spread on real cases the model never saw, and how the
 thresholds were chosen: Resources/Docs/Inference.md, "Uncertainty"
@@ -26,10 +27,10 @@ from .sequences import REGIONS, REPORTED_REGIONS
 
 #: The regions' names in messages.
 REGION_TITLES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tumour"}
-#: A region whose quality estimate is below this is flagged for review: the thresholds that
+#: The review thresholds of a model whose card has none (``review_below``): those that
 #: Testing/Benchmarks/uncertainty_calibration.py chose (most catches minus costs, rounded to two decimals) for
-#: the default model (0.5.0: one network, 8 mirror images) on its 7 validation cases, 5 sequence subsets each
-#: (Inference.md, "Uncertainty"). A model with other members agrees differently: measure it the same way.
+#: 0.5.0 (one network, 8 mirror images) on its 7 validation cases, 15 sequence subsets each (Inference.md,
+#: "Uncertainty"). A model with other members agrees differently: measure it and store its own with --write-card.
 REVIEW_BELOW = {"ET": 0.93, "TC": 0.93, "WT": 0.87}
 
 

@@ -15,6 +15,9 @@ post-processing applied there):
   0.8 flagged), and the same with each case's threshold chosen on the other cases only;
 * the voxel map's mean over the predicted tumour with all four sequences, without T1ce, FLAIR alone.
 
+``--write-card`` stores the thresholds chosen here (rounded to two decimals) in the model card's
+``review_below``, which ``lckd segment`` then flags with.
+
     nice -n 15 python Testing/Benchmarks/uncertainty_calibration.py \\
         LCKDSegmentation/Resources/Models/lckd-brats2018-cpu.safetensors --data ../shared/data/brats2018 \\
         --cases Brats18_2013_2_1,Brats18_CBICA_AOZ_1,... --cache ~/uncertainty-work/cache \\
@@ -42,6 +45,7 @@ from lckd.geometry import Grid, resample, to_network_axes
 from lckd.inference import sliding_window_probabilities
 from lckd.io import Volume, atomic_path, load_volume
 from lckd.labels import labels_from_regions, regions_from_labels
+from lckd.model_file import load_model, save_model
 from lckd.postprocessing import postprocess
 from lckd.preparation import PreparedCase, labels_on_network_grid, prepare_case
 from lckd.preprocess import crop
@@ -333,13 +337,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 #: The review flags compared: the threshold chosen on the measured cases, the same chosen without the case it
-#: is applied to, and lckd.uncertainty.REVIEW_BELOW (what lckd segment flags with).
+#: is applied to, and the thresholds lckd segment flags with (the card's review_below, else REVIEW_BELOW).
 FLAGS = ("chosen", "left_one_case_out", "shipped")
 
 
-def summarise(rows: List[Dict[str, object]]) -> Dict[str, object]:
+def summarise(rows: List[Dict[str, object]], shipped: Dict[str, float]) -> Dict[str, object]:
     """Per member set: voxel AUROCs and removal tables of each voxel measure; for each case measure its
-    correlation with the true Dice per region and its review flags per region and pooled over the regions."""
+    correlation with the true Dice per region and its review flags per region and pooled over the regions
+    (``shipped``: the thresholds lckd segment applies)."""
     summary: Dict[str, object] = {}
     for members in sorted({row["members"] for row in rows}):
         chosen = [row for row in rows if row["members"] == members]
@@ -356,10 +361,10 @@ def summarise(rows: List[Dict[str, object]]) -> Dict[str, object]:
                 threshold = choose_threshold(estimate, truth)
                 flags = {"chosen": estimate < threshold,
                          "left_one_case_out": left_one_case_out(estimate, truth, cases),
-                         "shipped": estimate < REVIEW_BELOW[region]}
+                         "shipped": estimate < shipped[region]}
                 per_region[region] = dict({flag: flag_rates(flagged, truth) for flag, flagged in flags.items()},
                                           spearman=spearman(estimate, truth), threshold=threshold,
-                                          shipped_threshold=REVIEW_BELOW[region])
+                                          shipped_threshold=shipped[region])
                 for flag, flagged in dict(flags, truth=truth).items():
                     pooled[flag].append(flagged)
             truth = np.concatenate(pooled["truth"])
@@ -406,7 +411,7 @@ def markdown(summary: Dict[str, object], subsets: Sequence[Tuple[str, ...]], cas
                      + " |")
     lines += ["", f"Review flag ({SHIPPED_CASE}, model): a region is flagged when its estimate is below the threshold",
               "", "| region | threshold chosen here | Dice < 0.5 flagged | Dice > 0.8 flagged | "
-              "left one case out: < 0.5 flagged | > 0.8 flagged | REVIEW_BELOW | < 0.5 flagged | > 0.8 flagged |",
+              "left one case out: < 0.5 flagged | > 0.8 flagged | applied now | < 0.5 flagged | > 0.8 flagged |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for region, part in model["case"][SHIPPED_CASE].items():
         cells = [f"{part['threshold']:.3f}" if "threshold" in part else ""]
@@ -471,6 +476,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, help="JSON file: every figure, per case and subset too")
     parser.add_argument("--figure", type=Path, help="PNG: the quality estimate against the true Dice")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the thresholds chosen here in the model card (review_below)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter = Segmenter(args.model, device="cpu", precision="fp32")
@@ -482,7 +489,7 @@ def main() -> None:
           f"images; cache {folder}; {torch.get_num_threads()} torch threads, pid {os.getpid()}", flush=True)
     fill_cache(segmenter, cases, args.subsets, folder)
     rows = score_cases(cases, args.subsets, folder, segmenter.card.postprocessing or "none")
-    summary = summarise(rows)
+    summary = summarise(rows, segmenter.card.review_below or REVIEW_BELOW)
     print(markdown(summary, args.subsets, len(cases)))
     if args.out:
         with atomic_path(args.out) as temporary:
@@ -492,6 +499,18 @@ def main() -> None:
     if args.figure:
         with atomic_path(args.figure) as temporary:
             plot(rows, summary, temporary)
+    if args.write_card:
+        print(f"review_below {write_thresholds(args.model, summary)} stored in {args.model}'s card")
+
+
+def write_thresholds(path: Path, summary: Dict[str, object]) -> Dict[str, float]:
+    """Store the thresholds chosen for the whole model (rounded to two decimals) as its card's review_below."""
+    chosen = summary["model"]["case"][SHIPPED_CASE]
+    thresholds = {region: round(float(chosen[region]["threshold"]), 2) for region in REPORTED_REGIONS}
+    model, card = load_model(path)
+    card.review_below = thresholds
+    save_model(path, model, card)
+    return thresholds
 
 
 if __name__ == "__main__":
