@@ -31,7 +31,7 @@ REGION_TITLES = {"ET": "enhancing tumour", "TC": "tumour core", "WT": "whole tum
 #: Testing/Benchmarks/uncertainty_calibration.py chose (most catches minus costs, rounded to two decimals) for
 #: 0.5.0 (one network, 8 mirror images) on its 7 validation cases, 15 sequence subsets each (Inference.md,
 #: "Uncertainty"). A model with other members agrees differently: measure it and store its own with --write-card.
-REVIEW_BELOW = {"ET": 0.93, "TC": 0.93, "WT": 0.87}
+REVIEW_BELOW = {"ET": 0.93, "TC": 0.93, "WT": 0.88}
 
 
 def member_count(networks: int, mirror_images: int) -> int:
