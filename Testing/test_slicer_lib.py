@@ -165,6 +165,14 @@ def test_model_text_of_an_ensemble_shows_its_members_teachers_and_weights(tmp_pa
     assert "Elected teachers" not in text and "Elected teachers" not in modelText(summary)
 
 
+def test_model_text_gives_the_cards_review_thresholds(tmp_path):
+    summary = readModelSummary(make_tiny_model_file(tmp_path / "m.safetensors",
+                                                    review_below={"ET": 0.93, "TC": 0.9, "WT": 0.88}))
+    assert ("A region is flagged for review when its quality estimate is below ET 0.93, TC 0.90, WT 0.88."
+            in modelText(summary))
+    assert "flagged for review" not in modelText(replace(summary, review_below=None))
+
+
 def test_texts_are_translated_in_their_own_file_context(tmp_path, monkeypatch):
     """Outside Slicer the text is unchanged; inside, each file of the library translates in its own context."""
     summary = readModelSummary(make_tiny_model_file(tmp_path / "m.safetensors", validation=syntheticValidationTable()))

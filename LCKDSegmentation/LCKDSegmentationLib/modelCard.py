@@ -44,6 +44,7 @@ class ModelSummary:
     training: Dict[str, Any] = field(default_factory=dict)
     members: int = 1
     mirror_axes: List[int] = field(default_factory=list)  # the card's name: test-time mirroring's axes
+    review_below: Optional[Dict[str, float]] = None  # the card's name: the quality estimate's review thresholds
 
     def averagedMembers(self, skipMirroring: bool = False) -> int:
         """How many members the segmenter averages: each network on each mirror image."""
@@ -195,4 +196,7 @@ def modelText(summary: ModelSummary) -> str:
         lines.append(_("Learned importance weights: {weights}.").format(weights=_importanceText(summary.importance)))
     if summary.members > 1 and not perRegion and not summary.importance:
         lines.extend(_memberLines(summary))
+    if summary.review_below:
+        lines.append(_("A region is flagged for review when its quality estimate is below {thresholds}.").format(
+            thresholds=_scores(summary.review_below)))
     return "\n".join(lines)
