@@ -198,3 +198,16 @@ def test_learning_curve_table_slope_and_plot(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 5_000
     with pytest.raises(SystemExit, match="expected N=FOLDER"):
         curve.parse_points(["seven=x"])
+
+
+def test_calibration_stores_its_chosen_thresholds_in_the_card(tmp_path):
+    from conftest import make_tiny_model_file
+    from lckd.model_file import read_card
+
+    calibration = load_script("uncertainty_calibration")
+    model = make_tiny_model_file(tmp_path / "m.safetensors", mirror_axes=[2])
+    chosen = {"ET": {"threshold": 0.9301}, "TC": {"threshold": 0.9269}, "WT": {"threshold": 0.8754}}
+    summary = {"model": {"case": {calibration.SHIPPED_CASE: chosen}}}
+    assert calibration.write_thresholds(model, summary) == {"ET": 0.93, "TC": 0.93, "WT": 0.88}
+    card = read_card(model)
+    assert card.review_below == {"ET": 0.93, "TC": 0.93, "WT": 0.88} and card.mirror_axes == [2]
